@@ -1,0 +1,268 @@
+"""`RetentionConfig`: every retention knob in one validated dataclass.
+
+It sits beside TRL's `SFTConfig` in a recipe YAML (both are parsed by `TrlParser`), so every field has a
+`metadata={"help": ...}` that `hf-retain train --help` prints, and `__post_init__` rejects bad values with an
+error that names the field, the value and what is allowed.
+
+Example:
+    >>> from hf_retain import RetentionConfig
+    >>> cfg = RetentionConfig(replay_ratio=0.3, distill_alpha=1.0, distill_on="replay")
+    >>> cfg.replay_ratio
+    0.3
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+__all__ = ["RetentionConfig", "ConfigError"]
+
+
+class ConfigError(ValueError):
+    """A retention setting has a value outside what it allows."""
+
+
+def _check_choice(name: str, value: Any, allowed: tuple[Any, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"RetentionConfig.{name}={value!r} is not allowed; choose one of {list(allowed)}.")
+
+
+def _check_range(
+    name: str, value: float | int | None, low: float, high: float = math.inf, *, low_open: bool = False,
+    high_open: bool = False, optional: bool = False,
+) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+        raise ConfigError(f"RetentionConfig.{name}={value!r} must be a number.")
+    too_low = value <= low if low_open else value < low
+    too_high = value >= high if high_open else value > high
+    if too_low or too_high:
+        left, right = ("(" if low_open else "["), (")" if high_open else "]")
+        raise ConfigError(f"RetentionConfig.{name}={value!r} is out of range; allowed: {left}{low}, {high}{right}.")
+
+
+@dataclass
+class RetentionConfig:
+    """All retention settings for one fine-tuning run.
+
+    Every method is off by default (``*_alpha``/``*_lambda``/``*_ratio`` of 0), so a `RetentionConfig()` changes
+    nothing about training; turn on what you want. `hf-retain demo` prints the gains of the recommended mix
+    (replay with distillation on the replayed rows; see `RetentionConfig.recommended()`).
+    """
+
+    # ---- optimizer consistency and lineage (issues 3 and 4) --------------------------------------------------
+    consistency_policy: str = field(
+        default="warn",
+        metadata={"help": "What to do when the fine-tune optimizer differs from the one that pretrained the model: "
+                          "'warn', 'error' (raise before the first step) or 'off'."},
+    )
+    record_lineage: bool = field(
+        default=True,
+        metadata={"help": "Write the optimizer lineage of this run into the output model card's YAML metadata."},
+    )
+    optimizer: str | None = field(
+        default=None,
+        metadata={"help": "Optimizer to fine-tune with, overriding TrainingArguments.optim: 'adamw', 'adam', "
+                          "'adafactor', 'sgd', 'muon', or 'auto' (the optimizer that pretrained the model, when "
+                          "known). None keeps the Trainer's own choice."},
+    )
+    optimizer_kwargs: dict[str, Any] | None = field(
+        default=None,
+        metadata={"help": "Extra hyperparameters for `optimizer` (e.g. {'momentum': 0.95, 'adamw_lr': 3e-4})."},
+    )
+    mismatch_mitigation: bool = field(
+        default=False,
+        metadata={"help": "When the fine-tune optimizer differs from the pretraining one, scale LR and weight "
+                          "decay down by `mismatch_lr_scale` and `mismatch_wd_scale`."},
+    )
+    mismatch_lr_scale: float = field(
+        default=0.5, metadata={"help": "LR multiplier applied on an optimizer mismatch, in (0, 1]."}
+    )
+    mismatch_wd_scale: float = field(
+        default=0.5, metadata={"help": "Weight-decay multiplier applied on an optimizer mismatch, in [0, 1]."}
+    )
+
+    # ---- EWC / L2-SP (issue 5) ---------------------------------------------------------------------------------
+    ewc_lambda: float = field(
+        default=0.0,
+        metadata={"help": "Strength of the EWC penalty lambda/2 * sum F (theta - theta*)^2; 0 turns EWC off."},
+    )
+    ewc_mode: str = field(
+        default="ewc",
+        metadata={"help": "'ewc' (Fisher-weighted) or 'l2sp' (uniform importance, anchored to the start weights)."},
+    )
+    ewc_fisher: str | None = field(
+        default=None,
+        metadata={"help": "Folder of a saved FisherState to use; None estimates it at train begin."},
+    )
+    ewc_fisher_dataset: str | None = field(
+        default=None,
+        metadata={"help": "Dataset (hub id, local folder or text/JSON file) to estimate the Fisher on at train "
+                          "begin; None uses the replay dataset, else the training data."},
+    )
+    ewc_fisher_method: str = field(
+        default="empirical",
+        metadata={"help": "Fisher estimator: 'empirical' (per-sample gradients), 'true' (labels sampled from the "
+                          "model) or 'batch' (squared batch gradients: cheap and biased)."},
+    )
+    ewc_fisher_samples: int = field(
+        default=256, metadata={"help": "Number of examples used to estimate the Fisher."}
+    )
+
+    # ---- distillation toward the pre-update model (issue 6) -------------------------------------------------
+    distill_alpha: float = field(
+        default=0.0, metadata={"help": "Weight of the distillation loss; 0 turns distillation off."}
+    )
+    distill_temperature: float = field(
+        default=1.0, metadata={"help": "Softmax temperature applied to student and teacher logits, > 0."}
+    )
+    distill_divergence: str = field(
+        default="forward_kl",
+        metadata={"help": "'forward_kl' (KL(teacher||student)), 'reverse_kl' (KL(student||teacher)) or 'jsd' "
+                          "(generalized Jensen-Shannon with `distill_beta`)."},
+    )
+    distill_beta: float = field(
+        default=0.5, metadata={"help": "Interpolation of the generalized JSD, in [0, 1]."}
+    )
+    distill_on: str = field(
+        default="train",
+        metadata={"help": "Which rows get the distillation loss: 'train' (all rows), 'replay' (replayed rows only) "
+                          "or 'both' (same as 'train', kept for recipes that name it)."},
+    )
+    distill_teacher: str = field(
+        default="base",
+        metadata={"help": "'base' (the model as it was at train begin: adapters disabled for PEFT, a frozen snapshot "
+                          "otherwise), 'path' (another checkpoint, `distill_teacher_path`) or 'offline' (cached "
+                          "top-k log-probs from `hf-retain distill-cache`, folder in `distill_teacher_path`)."},
+    )
+    distill_teacher_path: str | None = field(
+        default=None, metadata={"help": "Checkpoint (teacher='path') or cache folder (teacher='offline')."}
+    )
+
+    # ---- replay and data mixing (issue 7) ------------------------------------------------------------------
+    replay_ratio: float = field(
+        default=0.0,
+        metadata={"help": "Share of every batch drawn from the replay data, in [0, 1); 0 turns replay off."},
+    )
+    replay_unit: str = field(
+        default="examples", metadata={"help": "Measure the replay share in 'examples' or in 'tokens'."}
+    )
+    replay_dataset: str | None = field(
+        default=None,
+        metadata={"help": "General/earlier data to replay: hub id, local folder, or text/JSON/JSONL/parquet file."},
+    )
+    replay_capacity: int = field(
+        default=10_000, metadata={"help": "Maximum number of examples kept in the replay buffer."}
+    )
+    curriculum: list[Any] | None = field(
+        default=None,
+        metadata={"help": "Replay-ratio phases over training, e.g. [{'until': 0.8, 'replay_ratio': 0.5}, "
+                          "{'until': 1.0, 'replay_ratio': 0.2}] (fractions of max steps)."},
+    )
+
+    # ---- regression early stopping (issue 8) ---------------------------------------------------------------
+    regression_suite: str | None = field(
+        default=None, metadata={"help": "Suite YAML of general benchmarks to guard; None turns the guard off."}
+    )
+    regression_threshold: float = field(
+        default=0.02, metadata={"help": "Largest allowed regression of any benchmark versus its baseline, >= 0."}
+    )
+    regression_relative: bool = field(
+        default=True, metadata={"help": "Measure regression relative to the baseline (True) or in absolute units."}
+    )
+    regression_every_n_steps: int = field(
+        default=500, metadata={"help": "Evaluate the suite every this many optimizer steps."}
+    )
+    regression_patience: int = field(
+        default=1, metadata={"help": "Number of consecutive regressed evaluations before acting."}
+    )
+    regression_action: str = field(
+        default="stop",
+        metadata={"help": "On regression: 'warn', 'stop', or 'rollback' (stop and restore the best weights)."},
+    )
+
+    def __post_init__(self) -> None:
+        _check_choice("consistency_policy", self.consistency_policy, ("warn", "error", "off"))
+        if self.optimizer is not None:
+            if not isinstance(self.optimizer, str) or not self.optimizer.strip():
+                raise ConfigError(f"RetentionConfig.optimizer={self.optimizer!r} must be an optimizer name or None.")
+            self.optimizer = self.optimizer.strip().lower()
+        if self.optimizer_kwargs is not None and not isinstance(self.optimizer_kwargs, dict):
+            raise ConfigError(f"RetentionConfig.optimizer_kwargs={self.optimizer_kwargs!r} must be a mapping.")
+        _check_range("mismatch_lr_scale", self.mismatch_lr_scale, 0.0, 1.0, low_open=True)
+        _check_range("mismatch_wd_scale", self.mismatch_wd_scale, 0.0, 1.0)
+
+        _check_range("ewc_lambda", self.ewc_lambda, 0.0)
+        _check_choice("ewc_mode", self.ewc_mode, ("ewc", "l2sp"))
+        _check_choice("ewc_fisher_method", self.ewc_fisher_method, ("empirical", "true", "batch"))
+        _check_range("ewc_fisher_samples", self.ewc_fisher_samples, 1)
+
+        _check_range("distill_alpha", self.distill_alpha, 0.0)
+        _check_range("distill_temperature", self.distill_temperature, 0.0, low_open=True)
+        _check_choice("distill_divergence", self.distill_divergence, ("forward_kl", "reverse_kl", "jsd"))
+        _check_range("distill_beta", self.distill_beta, 0.0, 1.0)
+        _check_choice("distill_on", self.distill_on, ("train", "replay", "both"))
+        _check_choice("distill_teacher", self.distill_teacher, ("base", "path", "offline"))
+        if self.distill_teacher in ("path", "offline") and not self.distill_teacher_path:
+            raise ConfigError(
+                f"RetentionConfig.distill_teacher={self.distill_teacher!r} needs distill_teacher_path "
+                "(a checkpoint folder for 'path', a cache folder from `hf-retain distill-cache` for 'offline')."
+            )
+
+        _check_range("replay_ratio", self.replay_ratio, 0.0, 1.0, high_open=True)
+        _check_choice("replay_unit", self.replay_unit, ("examples", "tokens"))
+        _check_range("replay_capacity", self.replay_capacity, 1)
+        if self.replay_ratio > 0 and not self.replay_dataset:
+            raise ConfigError(
+                f"RetentionConfig.replay_ratio={self.replay_ratio} needs replay_dataset: the general or earlier "
+                "data to mix in (a hub id, a local folder, or a text/JSON/JSONL/parquet file)."
+            )
+        if self.distill_on == "replay" and self.distill_alpha > 0 and self.replay_ratio == 0:
+            raise ConfigError(
+                "RetentionConfig.distill_on='replay' distils only replayed rows, but replay_ratio=0 replays none; "
+                "set replay_ratio > 0 (with replay_dataset) or distill_on='train'."
+            )
+        if self.curriculum is not None and not isinstance(self.curriculum, list):
+            raise ConfigError(f"RetentionConfig.curriculum={self.curriculum!r} must be a list of phases.")
+
+        _check_range("regression_threshold", self.regression_threshold, 0.0)
+        _check_range("regression_every_n_steps", self.regression_every_n_steps, 1)
+        _check_range("regression_patience", self.regression_patience, 1)
+        _check_choice("regression_action", self.regression_action, ("warn", "stop", "rollback"))
+
+    # ------------------------------------------------------------------------------------------------------------
+    @property
+    def methods(self) -> list[str]:
+        """Names of the retention methods this config turns on (recorded in lineage and reports)."""
+        used = []
+        if self.ewc_lambda > 0:
+            used.append(self.ewc_mode)
+        if self.distill_alpha > 0:
+            used.append(f"distill[{self.distill_on}]")
+        if self.replay_ratio > 0:
+            used.append(f"replay[{self.replay_ratio:g} {self.replay_unit}]")
+        if self.regression_suite:
+            used.append(f"regression-guard[{self.regression_action}]")
+        if self.optimizer:
+            used.append(f"optimizer[{self.optimizer}]")
+        return used
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def recommended(cls, replay_dataset: str, **overrides: Any) -> RetentionConfig:
+        """The default mix, chosen from measurements (shared FINDINGS and `hf-retain demo`): 30% replay of general
+        data plus distillation toward the pre-update model on the replayed rows only."""
+        settings: dict[str, Any] = dict(
+            replay_ratio=0.3, replay_dataset=replay_dataset, distill_alpha=1.0, distill_on="replay"
+        )
+        settings.update(overrides)
+        return cls(**settings)

@@ -1,0 +1,383 @@
+"""The recipe runner: one YAML -> model, tokenizer, data, trainer -> train -> save.
+
+A recipe is one flat YAML mapping whose keys are fields of four dataclasses, parsed with TRL's `TrlParser` exactly
+as TRL's own scripts do: TRL's `ModelConfig` (model and LoRA), `DataArguments` (datasets), TRL's `SFTConfig`
+(training) and `RetentionConfig` (everything hf_retain adds). Run it with any launcher:
+
+    python -m hf_retain.train --config recipes/quickstart.yaml
+    accelerate launch -m hf_retain.train --config recipes/sft_replay.yaml
+    hf-retain train recipes/quickstart.yaml [--dry-run] [--max_steps 10 ...]
+
+Before any model is loaded, `load_recipe` rejects an unknown key or a value of the wrong type, naming the key and
+the file. Model and dataset names may be hub ids, local paths, or ``builtin:`` names (`resolve_model`,
+`load_text_dataset`), which need no network.
+
+Example:
+    >>> from hf_retain.train import load_recipe
+    >>> recipe = load_recipe("recipes/quickstart.yaml")          # doctest: +SKIP
+    >>> recipe.retention.replay_ratio                            # doctest: +SKIP
+    0.3
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import enum
+import logging
+import sys
+import types
+import typing
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hf_retain.config import RetentionConfig
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DataArguments", "Recipe", "RecipeError", "load_recipe", "run_recipe", "resolve_model", "load_model",
+           "load_tokenizer", "load_text_dataset", "main"]
+
+MAX_RECIPE_BYTES = 1 << 20  # a recipe is a page of YAML; refuse anything larger than 1 MiB unread
+BUILTIN_PREFIX = "builtin:"
+BUILTIN_DATASETS = ("general", "domain")
+BUILTIN_MODELS = ("tiny-llama", "tiny-llama-init")
+
+
+class RecipeError(ValueError):
+    """A recipe, model or dataset cannot be used as given; the message says what was wrong and how to fix it."""
+
+
+@dataclass
+class DataArguments:
+    """Which data to train and evaluate on (TRL's `ScriptArguments` fields, plus local-file friendly ones)."""
+
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "Training data: a hub id, a local folder (saved Dataset or data files), a .txt/.json/.jsonl/"
+                          ".csv/.parquet file, or 'builtin:general' / 'builtin:domain' (offline stdlib corpora)."},
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    dataset_train_split: str = field(default="train", metadata={"help": "Split to train on."})
+    eval_dataset_name: str | None = field(
+        default=None, metadata={"help": "Evaluation data (same forms as dataset_name); None: no evaluation set."}
+    )
+    dataset_test_split: str = field(default="eval", metadata={"help": "Split of eval_dataset_name to evaluate on."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Keep only this many training rows."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only this many evaluation rows."})
+
+
+@dataclass
+class Recipe:
+    """A parsed, validated recipe: what `run_recipe` needs, nothing loaded yet."""
+
+    model: Any  # trl.ModelConfig
+    data: DataArguments
+    training: Any  # trl.SFTConfig
+    retention: RetentionConfig
+    path: str | None = None
+
+
+def _dataclass_types() -> tuple[type, ...]:
+    from trl import ModelConfig, SFTConfig
+
+    return (ModelConfig, DataArguments, SFTConfig, RetentionConfig)
+
+
+# ---- validation ------------------------------------------------------------------------------------------------
+def _type_ok(value: Any, hint: Any) -> bool:
+    """Whether a YAML value fits a dataclass field's type hint; hints we cannot judge accept anything."""
+    if hint is Any:
+        return True
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, arg) for arg in typing.get_args(hint))
+    if origin is typing.Literal:
+        return value in typing.get_args(hint)
+    if hint is type(None):
+        return value is None
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is str:
+        return isinstance(value, str)
+    if origin in (list, tuple, Sequence) or hint in (list, tuple):
+        args = typing.get_args(hint)
+        return isinstance(value, (list, tuple)) and (not args or all(_type_ok(v, args[0]) for v in value))
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    if isinstance(hint, type) and issubclass(hint, enum.Enum):
+        return value in {m.value for m in hint} or value in hint.__members__
+    return True
+
+
+def _describe(hint: Any) -> str:
+    return str(hint).replace("typing.", "").replace("NoneType", "None")
+
+
+def _validate_keys(config: dict[str, Any], path: str) -> None:
+    known: dict[str, tuple[type, Any]] = {}
+    for cls in _dataclass_types():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.init:
+                known.setdefault(f.name, (cls, hints.get(f.name, Any)))
+    for key, value in config.items():
+        if key == "env":
+            continue
+        if key not in known:
+            close = difflib.get_close_matches(key, list(known), n=3)
+            hint = f" Did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+            raise RecipeError(
+                f"Unknown key {key!r} in recipe {path}.{hint} Recipe keys are fields of trl.ModelConfig, "
+                "hf_retain.train.DataArguments, trl.SFTConfig and hf_retain.RetentionConfig; "
+                "`hf-retain train --help` lists them."
+            )
+        owner, hint = known[key]
+        if not _type_ok(value, hint):
+            raise RecipeError(
+                f"Key {key!r} in recipe {path} has value {value!r} of type {type(value).__name__}, but "
+                f"{owner.__name__}.{key} expects {_describe(hint)}. Fix the value in the YAML."
+            )
+
+
+def _read_recipe_yaml(path: str) -> dict[str, Any]:
+    file = Path(path)
+    if not file.is_file():
+        raise RecipeError(f"Recipe file {path} does not exist. Pass the path of a YAML recipe, e.g. "
+                          "recipes/quickstart.yaml in the hf_retain repository.")
+    if file.stat().st_size > MAX_RECIPE_BYTES:
+        raise RecipeError(f"Recipe file {path} is larger than {MAX_RECIPE_BYTES} bytes; a recipe is a short YAML "
+                          "mapping of settings. Check that you passed the right file.")
+    try:
+        config = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise RecipeError(f"Recipe file {path} is not valid UTF-8 YAML: {err}. Fix the syntax and retry.") from err
+    if not isinstance(config, dict):
+        raise RecipeError(f"Recipe file {path} must hold a YAML mapping of key: value settings, got "
+                          f"{type(config).__name__}.")
+    return config
+
+
+def load_recipe(path: str, overrides: Sequence[str] = ()) -> Recipe:
+    """Parse and validate a recipe (no model or data is loaded). ``overrides`` are ``--key value`` pairs that win
+    over the file, as on the command line."""
+    from trl import TrlParser
+
+    config = _read_recipe_yaml(path)
+    _validate_keys(config, path)
+    parser = TrlParser(_dataclass_types())
+    try:
+        model_args, data_args, training_args, retention = parser.parse_args_and_config(
+            ["--config", path, *overrides]
+        )
+    except ValueError as err:  # RetentionConfig's ConfigError, or TrainingArguments' own checks
+        raise RecipeError(f"Recipe {path}: {err}") from err
+    except SystemExit as err:  # argparse reports a bad override and exits; keep the process alive for callers
+        raise RecipeError(f"Recipe {path}: could not parse the command-line overrides {list(overrides)}.") from err
+    return Recipe(model=model_args, data=data_args, training=training_args, retention=retention, path=path)
+
+
+# ---- models and data ---------------------------------------------------------------------------------------------
+def _offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def resolve_model(name: str) -> str:
+    """A loadable model path for ``name``; ``builtin:tiny-llama`` is the tiny model pretrained on the general corpus
+    (built and cached on first use), ``builtin:tiny-llama-init`` the untrained one."""
+    if name.startswith(BUILTIN_PREFIX):
+        which = name[len(BUILTIN_PREFIX):]
+        if which == "tiny-llama-init":
+            from hf_retain.assets import TINY_LLAMA_DIR
+
+            return str(TINY_LLAMA_DIR)
+        if which == "tiny-llama":
+            from hf_retain.demo import pretrained_tiny_model
+
+            return str(pretrained_tiny_model())
+        raise RecipeError(f"Unknown builtin model {name!r}; builtin models are "
+                          f"{[BUILTIN_PREFIX + m for m in BUILTIN_MODELS]}.")
+    local = Path(name).expanduser()
+    if local.exists():
+        if not (local / "config.json").is_file():
+            raise RecipeError(f"Model path {name} exists but has no config.json, so it is not a saved model. Point "
+                              "model_name_or_path at a folder written by save_pretrained (or a hub id).")
+        return str(local)
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:  # a path, since hub ids are 'org/name'
+        raise RecipeError(f"Model path {name} does not exist. Check the path, or use a hub id like "
+                          "'HuggingFaceTB/SmolLM2-135M' or 'builtin:tiny-llama'.")
+    return name
+
+
+def _hub_error(kind: str, name: str, err: Exception) -> RecipeError:
+    if _offline():
+        return RecipeError(
+            f"The {kind} {name!r} is not a local path and is not in the Hugging Face cache, and HF_HUB_OFFLINE=1 "
+            f"forbids downloading it. Download it once with network access (`hf download {name}`), or point to a "
+            f"local folder, or unset HF_HUB_OFFLINE. ({type(err).__name__}: {err})"
+        )
+    return RecipeError(f"Could not load the {kind} {name!r}: {type(err).__name__}: {err}. Check the name on the "
+                       "Hugging Face Hub, your network and your token.")
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    path = resolve_model(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=_offline())
+    except OSError as err:
+        raise _hub_error("tokenizer", name, err) from err
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_model(model_args: Any):
+    """Load (or, for ``builtin:tiny-llama-init``, build) the causal LM a recipe names."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    name = model_args.model_name_or_path
+    if not name:
+        raise RecipeError("The recipe sets no model_name_or_path. Add e.g. `model_name_or_path: builtin:tiny-llama`.")
+    path = resolve_model(name)
+    if name == BUILTIN_PREFIX + "tiny-llama-init":
+        from hf_retain.assets import build_tiny_model
+
+        return build_tiny_model(seed=0)
+    dtype = model_args.dtype if model_args.dtype in ("auto", None) else getattr(torch, model_args.dtype)
+    try:
+        return AutoModelForCausalLM.from_pretrained(
+            path, revision=model_args.model_revision, dtype=dtype, attn_implementation=model_args.attn_implementation,
+            local_files_only=_offline(),
+        )
+    except OSError as err:
+        raise _hub_error("model", name, err) from err
+
+
+_FILE_BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
+
+
+def load_text_dataset(name: str, split: str = "train", config: str | None = None, *, max_samples: int | None = None):
+    """A `datasets.Dataset` from a hub id, a local file or folder, or ``builtin:general`` / ``builtin:domain``."""
+    import datasets
+
+    if name.startswith(BUILTIN_PREFIX):
+        which = name[len(BUILTIN_PREFIX):]
+        if which not in BUILTIN_DATASETS:
+            raise RecipeError(f"Unknown builtin dataset {name!r}; builtin datasets are "
+                              f"{[BUILTIN_PREFIX + d for d in BUILTIN_DATASETS]} (splits 'train' and 'eval').")
+        from hf_retain.data.corpora import builtin_corpora
+
+        texts = builtin_corpora()[which]
+        if split not in texts:
+            raise RecipeError(f"Builtin dataset {name} has splits {sorted(texts)}, not {split!r}.")
+        dataset = datasets.Dataset.from_dict({"text": texts[split]})
+    else:
+        local = Path(name).expanduser()
+        try:
+            if local.is_file():
+                builder = _FILE_BUILDERS.get(local.suffix.lower())
+                if builder is None:
+                    raise RecipeError(f"Dataset file {name} has suffix {local.suffix!r}; hf_retain reads "
+                                      f"{sorted(_FILE_BUILDERS)} files. Convert it or use a folder.")
+                dataset = datasets.load_dataset(builder, data_files=str(local), split="train")
+            elif local.is_dir() and (local / "dataset_info.json").is_file():
+                loaded = datasets.load_from_disk(str(local))
+                dataset = loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+            elif local.is_dir():
+                dataset = datasets.load_dataset(str(local), config, split=split)
+            elif name.startswith((".", "/", "~")) or Path(name).suffix.lower() in _FILE_BUILDERS:
+                raise RecipeError(f"Dataset path {name} does not exist. Check the path (relative paths are resolved "
+                                  f"from {Path.cwd()}).")
+            else:
+                dataset = datasets.load_dataset(name, config, split=split)
+        except RecipeError:
+            raise
+        except (FileNotFoundError, ConnectionError, OSError) as err:
+            raise _hub_error("dataset", name, err) from err
+        except ValueError as err:  # e.g. an unknown split
+            raise RecipeError(f"Could not load split {split!r} of dataset {name}: {err}") from err
+    if len(dataset) == 0:
+        raise RecipeError(f"Dataset {name} (split {split!r}) is empty; point the recipe at data with rows.")
+    if max_samples is not None:
+        dataset = dataset.select(range(min(max_samples, len(dataset))))
+    return dataset
+
+
+def _check_columns(dataset: Any, training: Any, name: str) -> None:
+    columns = set(dataset.column_names)
+    usable = {training.dataset_text_field, "messages", "prompt", "input_ids"}
+    if not columns & usable:
+        raise RecipeError(
+            f"Dataset {name} has columns {sorted(columns)}, none of which SFT can train on: it needs the text column "
+            f"named by dataset_text_field (now {training.dataset_text_field!r}), or 'messages', or 'prompt'/"
+            "'completion', or pre-tokenised 'input_ids'. Set dataset_text_field to your text column."
+        )
+
+
+# ---- running -----------------------------------------------------------------------------------------------------
+def run_recipe(recipe: Recipe, *, callbacks: Sequence[Any] = (), model: Any = None) -> Any:
+    """Load everything a recipe names, train, save; returns the trainer (its model is the trained model)."""
+    from trl import get_peft_config
+
+    data, training = recipe.data, recipe.training
+    if not data.dataset_name:
+        raise RecipeError(f"Recipe {recipe.path} sets no dataset_name. Add e.g. `dataset_name: builtin:domain`.")
+    train_dataset = load_text_dataset(data.dataset_name, data.dataset_train_split, data.dataset_config,
+                                      max_samples=data.max_train_samples)
+    _check_columns(train_dataset, training, data.dataset_name)
+    eval_dataset = None
+    if data.eval_dataset_name:
+        eval_dataset = load_text_dataset(data.eval_dataset_name, data.dataset_test_split, data.dataset_config,
+                                         max_samples=data.max_eval_samples)
+        _check_columns(eval_dataset, training, data.eval_dataset_name)
+    tokenizer = load_tokenizer(recipe.model.model_name_or_path)
+    if model is None:
+        model = load_model(recipe.model)
+
+    from hf_retain.trainer import build_trainer
+
+    trainer = build_trainer(
+        model, training, retention=recipe.retention, train_dataset=train_dataset, eval_dataset=eval_dataset,
+        processing_class=tokenizer, callbacks=list(callbacks), peft_config=get_peft_config(recipe.model),
+    )
+    trainer.train(resume_from_checkpoint=training.resume_from_checkpoint)
+    trainer.save_model(training.output_dir)
+    if trainer.is_world_process_zero():
+        tokenizer.save_pretrained(training.output_dir)
+    return trainer
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m hf_retain.train --config RECIPE [--key value ...]``."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if "--config" not in args or args.index("--config") + 1 >= len(args):
+        print("usage: python -m hf_retain.train --config RECIPE.yaml [--key value ...]", file=sys.stderr)
+        return 2
+    index = args.index("--config")
+    path = args[index + 1]
+    overrides = args[:index] + args[index + 2:]
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        recipe = load_recipe(path, overrides)
+        run_recipe(recipe)
+    except RecipeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""Shared fixtures: offline mode, tiny models from the shipped config, and a 2-process launcher."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_DISABLED", "true")
+
+REPO = Path(__file__).resolve().parents[1]
+DISTRIBUTED_SCRIPTS = Path(__file__).resolve().parent / "distributed"
+
+# accelerate launch flags for each back-end, all on CPU with 2 processes.
+LAUNCH_FLAGS: dict[str, list[str]] = {
+    "ddp": ["--multi_gpu"],
+    "fsdp2": ["--use_fsdp", "--fsdp_version", "2"],
+    "zero2": ["--use_deepspeed", "--zero_stage", "2"],
+    "zero3": ["--use_deepspeed", "--zero_stage", "3"],
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from hf_retain.assets import load_tiny_tokenizer
+
+    return load_tiny_tokenizer()
+
+
+@pytest.fixture
+def tiny_model():
+    """A 2-layer version of the shipped tiny Llama (fast), fresh for each test."""
+    from hf_retain.assets import build_tiny_model
+
+    return build_tiny_model(seed=0, num_hidden_layers=2)
+
+
+@pytest.fixture(scope="session")
+def run_distributed(tmp_path_factory):
+    """Run ``tests/distributed/<script>`` under ``accelerate launch`` with 2 CPU processes.
+
+    ``run_distributed("smoke_trainer.py", "zero3", "--steps", "3")`` returns the CompletedProcess; it fails the test
+    with both processes' output when the launch exits non-zero or times out.
+    """
+
+    def launch(script: str, backend: str, *args: str, timeout: float = 300.0) -> subprocess.CompletedProcess:
+        if backend not in LAUNCH_FLAGS:
+            raise ValueError(f"backend {backend!r} is not one of {sorted(LAUNCH_FLAGS)}")
+        if backend.startswith("zero"):
+            pytest.importorskip("deepspeed")
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
+        env["HF_RETAIN_TEST_TMP"] = str(tmp_path_factory.mktemp(f"{Path(script).stem}_{backend}"))
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+               "--mixed_precision", "no", "--dynamo_backend", "no", *LAUNCH_FLAGS[backend],
+               str(DISTRIBUTED_SCRIPTS / script), *args]
+        try:
+            proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
+        except subprocess.TimeoutExpired as err:
+            pytest.fail(f"{script} under {backend} timed out after {timeout}s (a hang?)\n{err.stdout}\n{err.stderr}")
+        if proc.returncode != 0:
+            pytest.fail(f"{script} under {backend} exited {proc.returncode}\n--- stdout\n{proc.stdout[-6000:]}"
+                        f"\n--- stderr\n{proc.stderr[-12000:]}")
+        return proc
+
+    return launch
