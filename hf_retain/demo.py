@@ -22,6 +22,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,7 +63,7 @@ def _training_args(output_dir: Path, steps: int, lr: float, settings: DemoSettin
         warmup_steps=max(1, steps // 20), per_device_train_batch_size=settings.batch_size,
         max_length=settings.max_length, weight_decay=0.0, logging_steps=max(1, steps // 5), save_strategy="no",
         report_to=[], seed=settings.seed, data_seed=settings.seed, use_cpu=True, dataloader_num_workers=0,
-        optim="adamw_torch",
+        optim="adamw_torch", disable_tqdm=False,
     )
     values.update(overrides)
     return SFTConfig(**values)
@@ -89,6 +90,7 @@ def _quiet_libraries() -> None:
     datasets.disable_progress_bars()
     disable_progress_bars()
     hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.*deprecated", category=FutureWarning)
 
 
 def pretrained_tiny_model(settings: DemoSettings | None = None, *, corpus_dir: Path | None = None) -> Path:

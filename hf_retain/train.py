@@ -40,7 +40,7 @@ from hf_retain.config import RetentionConfig
 logger = logging.getLogger(__name__)
 
 __all__ = ["DataArguments", "Recipe", "RecipeError", "load_recipe", "run_recipe", "resolve_model", "load_model",
-           "load_tokenizer", "load_text_dataset", "main"]
+           "load_tokenizer", "load_text_dataset", "save_final_model", "main"]
 
 MAX_RECIPE_BYTES = 1 << 20  # a recipe is a page of YAML; refuse anything larger than 1 MiB unread
 BUILTIN_PREFIX = "builtin:"
@@ -69,6 +69,17 @@ class DataArguments:
     dataset_test_split: str = field(default="eval", metadata={"help": "Split of eval_dataset_name to evaluate on."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Keep only this many training rows."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Keep only this many evaluation rows."})
+    tasks: list[Any] | None = field(
+        default=None,
+        metadata={"help": "For `hf-retain compare`: the sequence of fine-tuning tasks, one per round; each a dataset "
+                          "name or a mapping {name, dataset_name, eval_dataset_name, train_split, eval_split}."},
+    )
+    general_eval_dataset: str | None = field(
+        default=None,
+        metadata={"help": "General held-out data whose loss measures forgetting (compare, bench), e.g. "
+                          "builtin:general."},
+    )
+    general_eval_split: str = field(default="eval", metadata={"help": "Split of general_eval_dataset."})
 
 
 @dataclass
@@ -354,10 +365,23 @@ def run_recipe(recipe: Recipe, *, callbacks: Sequence[Any] = (), model: Any = No
         processing_class=tokenizer, callbacks=list(callbacks), peft_config=get_peft_config(recipe.model),
     )
     trainer.train(resume_from_checkpoint=training.resume_from_checkpoint)
-    trainer.save_model(training.output_dir)
+    save_final_model(trainer, training.output_dir)
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(training.output_dir)
     return trainer
+
+
+def save_final_model(trainer: Any, output_dir: str) -> None:
+    """Save loadable weights at the end of a run, whatever the back-end.
+
+    Under ZeRO-3, `Trainer.save_model` writes only a DeepSpeed checkpoint unless the DeepSpeed config asks to gather
+    weights on save; a recipe's output must load with `from_pretrained`, so we ask for the gather here.
+    """
+    engine = getattr(trainer, "deepspeed", None) if trainer.is_deepspeed_enabled else None
+    if engine is not None and engine.zero_optimization_stage() == 3:
+        # DeepSpeed reads this flag from its parsed config (engine.zero_gather_16bit_weights_on_model_save()).
+        engine._config.zero_config.gather_16bit_weights_on_model_save = True
+    trainer.save_model(output_dir)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -47,7 +47,8 @@ def run_distributed(tmp_path_factory):
     """Run ``tests/distributed/<script>`` under ``accelerate launch`` with 2 CPU processes.
 
     ``run_distributed("smoke_trainer.py", "zero3", "--steps", "3")`` returns the CompletedProcess; it fails the test
-    with both processes' output when the launch exits non-zero or times out.
+    with both processes' output when the launch exits non-zero or times out. A script given as ``"-m package.module"``
+    is launched as a module, as in ``accelerate launch -m hf_retain.train``.
     """
 
     def launch(script: str, backend: str, *args: str, timeout: float = 300.0) -> subprocess.CompletedProcess:
@@ -56,10 +57,10 @@ def run_distributed(tmp_path_factory):
         if backend.startswith("zero"):
             pytest.importorskip("deepspeed")
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
-        env["HF_RETAIN_TEST_TMP"] = str(tmp_path_factory.mktemp(f"{Path(script).stem}_{backend}"))
+        env["HF_RETAIN_TEST_TMP"] = str(tmp_path_factory.mktemp(f"{Path(script).stem.replace(' ', '_')}_{backend}"))
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
                "--mixed_precision", "no", "--dynamo_backend", "no", *LAUNCH_FLAGS[backend],
-               str(DISTRIBUTED_SCRIPTS / script), *args]
+               *(["-m", script[3:]] if script.startswith("-m ") else [str(DISTRIBUTED_SCRIPTS / script)]), *args]
         try:
             proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO)
         except subprocess.TimeoutExpired as err:
