@@ -28,7 +28,7 @@ from hf_retain.evaluation.report import ArmResult, RetentionReport
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["BenchSettings", "run_retention_benchmark", "pareto_front", "METHODS"]
+__all__ = ["BenchSettings", "run_retention_benchmark", "pareto_front", "pretrained_tiny_model", "METHODS"]
 
 # Method name -> the arm suffix (see hf_retain.compare.parse_arm). "replay+distill" distils the replayed rows only.
 METHODS: dict[str, str] = {
@@ -96,16 +96,34 @@ def _recipe(model: str, dataset: str, settings: BenchSettings, output_dir: Path,
                   path="<bench>")
 
 
-def _pretrain(optimizer: str, general_train: str, settings: BenchSettings, out: Path) -> Path:
+def pretrained_tiny_model(settings: BenchSettings | None = None, optimizer: str = "adamw") -> Path:
+    """The tiny model pretrained on the built-in general corpus with ``optimizer``, built once and cached under
+    `hf_retain.data.corpora.cache_dir()`; ``builtin:tiny-llama`` is the default (AdamW) one. Its model card
+    records the optimizer (lineage)."""
+    import shutil
+    import tempfile
+
+    from hf_retain.data.corpora import cache_dir, write_builtin_corpora
     from hf_retain.train import run_recipe
 
-    target = out / "pretrained" / optimizer
+    settings = settings or BenchSettings()
+    target = cache_dir() / (f"tiny-llama-general-{optimizer}-s{settings.pretrain_steps}-lr{settings.pretrain_lr:g}-"
+                            f"b{settings.batch_size}x{settings.max_length}-seed{settings.seed}")
     if (target / "model.safetensors").is_file():
         return target
+    general_train = write_builtin_corpora(cache_dir() / "corpora" / "jsonl")["general_train"]
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
+    # Pretraining is not a fine-tune: nothing to check for consistency, but its lineage is recorded.
     retention = RetentionConfig(optimizer=optimizer, consistency_policy="off", record_lineage=True)
-    logger.info("pretraining the tiny model with %s for %d steps", optimizer, settings.pretrain_steps)
-    run_recipe(_recipe("builtin:tiny-llama-init", general_train, settings, target, settings.pretrain_steps,
+    logger.info("pretraining the tiny model on the general corpus with %s for %d steps (cached for later runs)",
+                optimizer, settings.pretrain_steps)
+    run_recipe(_recipe("builtin:tiny-llama-init", str(general_train), settings, staging, settings.pretrain_steps,
                        settings.pretrain_lr, retention))
+    if (target / "model.safetensors").is_file():  # another process finished first
+        shutil.rmtree(staging, ignore_errors=True)
+    else:
+        os.replace(staging, target)
     return target
 
 
@@ -117,8 +135,12 @@ def run_retention_benchmark(
     general_eval: str | None = None,
     domain_train: str | None = None,
     domain_eval: str | None = None,
+    title: str = "hf_retain retention benchmark",
 ) -> RetentionReport:
-    """Run the benchmark; corpora default to the offline built-ins. Writes ``report.{json,md,png}``."""
+    """Run the benchmark; corpora default to the offline built-ins. Writes ``report.{json,md,png}``.
+
+    With the built-in general corpus, pretrained models are cached across runs (`pretrained_tiny_model`); with
+    your own, they are pretrained into ``output_dir/pretrained``."""
     from hf_retain.compare import Task, parse_arm, run_arm
     from hf_retain.data.corpora import write_builtin_corpora
     from hf_retain.demo import _quiet_libraries
@@ -128,6 +150,7 @@ def run_retention_benchmark(
     _quiet_libraries()
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    own_general = general_train is not None
     if not (general_train and domain_train):
         builtin = write_builtin_corpora(out / "data")
         general_train = general_train or str(builtin["general_train"])
@@ -145,32 +168,51 @@ def run_retention_benchmark(
     domain_task = Task("domain", domain_train, domain_eval or domain_train, "train", "train")
 
     arms: list[ArmResult] = []
+    one_pair = len(settings.pretrain_optimizers) == 1 and len(settings.finetune_optimizers) == 1
+    keys: dict[str, tuple[str, str, str]] = {}  # arm name -> (pretraining optimizer, fine-tuning optimizer, method)
     for p_opt in settings.pretrain_optimizers:
-        base = _pretrain(p_opt, general_train, settings, out)
+        if own_general:
+            base = _pretrain_on(general_train, p_opt, settings, out / "pretrained" / p_opt)
+        else:
+            base = pretrained_tiny_model(settings, p_opt)
         for f_opt in settings.finetune_optimizers:
             for method in settings.methods:
                 spec = f"{f_opt}{METHODS[method]}"
-                name = f"{p_opt}->{spec}"
+                name = method if one_pair else f"{p_opt}->{spec}"
                 base_retention = RetentionConfig(replay_dataset=general_train, consistency_policy="off",
                                                  record_lineage=False)
-                recipe = _recipe(str(base), domain_train, settings, out / "runs" / name.replace(">", ""),
-                                 settings.finetune_steps, settings.finetune_lr, base_retention)
-                record = run_arm(recipe, parse_arm(spec), [domain_task], general,
-                                 output_dir=out / "runs" / name.replace(">", ""), eval_rows=settings.eval_rows)
+                keys[name] = (p_opt, f_opt, method)
+                run_dir = out / "runs" / f"{p_opt}-{spec}"
+                recipe = _recipe(str(base), domain_train, settings, run_dir, settings.finetune_steps,
+                                 settings.finetune_lr, base_retention)
+                record = run_arm(recipe, parse_arm(spec), [domain_task], general, output_dir=run_dir,
+                                 eval_rows=settings.eval_rows)
                 arms.append(ArmResult(
                     name, record.general_losses[0], record.general_losses[1], record.task_losses[0][0],
                     record.task_losses[1][0], methods=record.methods, seconds=record.seconds[0],
                     steps=settings.finetune_steps,
                 ))
-    report = RetentionReport(arms, title="hf_retain retention benchmark", meta={
+    report = RetentionReport(arms, title=title, meta={
         "settings": json.dumps(asdict(settings)),
         "corpora": f"general={general_train}, domain={domain_train}",
     })
     report.meta["pareto front"] = ", ".join(pareto_front(arms))
-    report.meta["vs plain (same P and F)"] = "; ".join(_versus_plain(arms))
+    report.meta["vs plain (same P and F)"] = "; ".join(_versus_plain(arms, keys))
     paths = report.save(out)
-    paths["markdown"].write_text(report.to_markdown() + "\n" + _pair_table(arms, settings), encoding="utf-8")
+    if not one_pair:
+        paths["markdown"].write_text(report.to_markdown() + "\n" + _pair_table(arms, keys, settings),
+                                     encoding="utf-8")
     return report
+
+
+def _pretrain_on(general_train: str, optimizer: str, settings: BenchSettings, target: Path) -> Path:
+    from hf_retain.train import run_recipe
+
+    if not (target / "model.safetensors").is_file():
+        retention = RetentionConfig(optimizer=optimizer, consistency_policy="off", record_lineage=True)
+        run_recipe(_recipe("builtin:tiny-llama-init", general_train, settings, target, settings.pretrain_steps,
+                           settings.pretrain_lr, retention))
+    return target
 
 
 def _hold_out(name: str, out: Path, tag: str, fraction: float = 0.1) -> tuple[str, str]:
@@ -192,29 +234,29 @@ def _hold_out(name: str, out: Path, tag: str, fraction: float = 0.1) -> tuple[st
     return paths[0], paths[1]
 
 
-def _versus_plain(arms: list[ArmResult]) -> list[str]:
+def _versus_plain(arms: list[ArmResult], keys: dict[str, tuple[str, str, str]]) -> list[str]:
     """Each method's forgetting and learning as fractions of plain fine-tuning's with the same P and F."""
-    by_name = {a.name: a for a in arms}
+    plain = {keys[a.name][:2]: a for a in arms if keys[a.name][2] == "plain"}
     lines = []
     for arm in arms:
-        pf, _, method = arm.name.partition("+")
-        plain = by_name.get(pf)
-        if method and plain and plain.forgetting > 0 and plain.learning > 0:
-            lines.append(f"{arm.name}: forgetting x{arm.forgetting / plain.forgetting:.2f}, "
-                         f"learning x{arm.learning / plain.learning:.2f}")
+        reference = plain.get(keys[arm.name][:2])
+        if reference is None or reference is arm or reference.forgetting <= 0 or reference.learning <= 0:
+            continue
+        lines.append(f"{arm.name}: forgetting x{arm.forgetting / reference.forgetting:.2f}, "
+                     f"learning x{arm.learning / reference.learning:.2f}")
     return lines
 
 
-def _pair_table(arms: list[ArmResult], settings: BenchSettings) -> str:
-    """Plain fine-tuning's forgetting for each pretraining x fine-tuning optimizer pair."""
-    by_name = {a.name: a for a in arms}
+def _pair_table(arms: list[ArmResult], keys: dict[str, tuple[str, str, str]], settings: BenchSettings) -> str:
+    """Plain fine-tuning's forgetting / learning for each pretraining x fine-tuning optimizer pair."""
+    plain = {keys[a.name][:2]: a for a in arms if keys[a.name][2] == "plain"}
     lines = ["## Optimizer pairs (plain fine-tuning): forgetting / learning", "",
              "| pretrained with \\ fine-tuned with | " + " | ".join(settings.finetune_optimizers) + " |",
              "|---" * (len(settings.finetune_optimizers) + 1) + "|"]
     for p_opt in settings.pretrain_optimizers:
         cells = []
         for f_opt in settings.finetune_optimizers:
-            arm = by_name.get(f"{p_opt}->{f_opt}")
+            arm = plain.get((p_opt, f_opt))
             cells.append(f"{arm.forgetting:+.3f} / {arm.learning:+.3f}" if arm else "-")
         lines.append(f"| {p_opt} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

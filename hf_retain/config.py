@@ -111,6 +111,21 @@ class RetentionConfig:
     ewc_fisher_samples: int = field(
         default=256, metadata={"help": "Number of examples used to estimate the Fisher."}
     )
+    ewc_fisher_normalize: str | None = field(
+        default=None,
+        metadata={"help": "Divide the Fisher by its global 'max' or 'mean' so one ewc_lambda transfers between "
+                          "models and datasets; None keeps raw values."},
+    )
+    ewc_fisher_dtype: str = field(
+        default="float32",
+        metadata={"help": "Storage dtype of the Fisher: 'float32' or 'bfloat16' (halves it; anchors always keep "
+                          "the parameters' dtype)."},
+    )
+    ewc_online_decay: float = field(
+        default=1.0,
+        metadata={"help": "Online EWC across tasks: with both ewc_fisher (earlier tasks) and ewc_fisher_dataset "
+                          "(the last task), the Fisher is decay * saved + new, anchored at the train-begin weights."},
+    )
 
     # ---- distillation toward the pre-update model (issue 6) -------------------------------------------------
     distill_alpha: float = field(
@@ -141,6 +156,16 @@ class RetentionConfig:
     distill_teacher_path: str | None = field(
         default=None, metadata={"help": "Checkpoint (teacher='path') or cache folder (teacher='offline')."}
     )
+    distill_teacher_device: str | None = field(
+        default=None,
+        metadata={"help": "Device for a separate teacher (snapshot or 'path'), e.g. 'cpu' to keep it off the "
+                          "accelerator; None places it with the student (under DeepSpeed/FSDP the engine decides)."},
+    )
+    distill_teacher_dtype: str | None = field(
+        default=None,
+        metadata={"help": "Dtype of a separate teacher: 'bfloat16', 'float16' or 'float32'; None keeps the "
+                          "student's. A bf16 snapshot halves its memory."},
+    )
 
     # ---- replay and data mixing (issue 7) ------------------------------------------------------------------
     replay_ratio: float = field(
@@ -159,8 +184,16 @@ class RetentionConfig:
     )
     curriculum: list[Any] | None = field(
         default=None,
-        metadata={"help": "Replay-ratio phases over training, e.g. [{'until': 0.8, 'replay_ratio': 0.5}, "
-                          "{'until': 1.0, 'replay_ratio': 0.2}] (fractions of max steps)."},
+        metadata={"help": "Replay-share phases over training, e.g. [{'until': 0.8, 'replay_ratio': 0.5}, "
+                          "{'until': 1.0, 'replay_ratio': 0.2}]: each phase ends at 'until' (fraction of max_steps, "
+                          "increasing, last = 1.0); 'general'/'domain' shares may replace 'replay_ratio'. Overrides "
+                          "replay_ratio and turns replay on."},
+    )
+    replay_generate_tokens: int = field(
+        default=0,
+        metadata={"help": "Generative replay: when > 0, replay_dataset rows are prompts ('prompt' or 'text' column) "
+                          "and the buffer holds the model's own completions of this many new tokens, generated at "
+                          "train begin. 0 replays the rows themselves."},
     )
 
     # ---- regression early stopping (issue 8) ---------------------------------------------------------------
@@ -183,6 +216,11 @@ class RetentionConfig:
         default="stop",
         metadata={"help": "On regression: 'warn', 'stop', or 'rollback' (stop and restore the best weights)."},
     )
+    regression_on_error: str = field(
+        default="continue",
+        metadata={"help": "When a guarded benchmark raises during training: 'continue' (report it and keep "
+                          "training) or 'stop'."},
+    )
 
     def __post_init__(self) -> None:
         _check_choice("consistency_policy", self.consistency_policy, ("warn", "error", "off"))
@@ -190,6 +228,7 @@ class RetentionConfig:
             if not isinstance(self.optimizer, str) or not self.optimizer.strip():
                 raise ConfigError(f"RetentionConfig.optimizer={self.optimizer!r} must be an optimizer name or None.")
             self.optimizer = self.optimizer.strip().lower()
+            _check_choice("optimizer", self.optimizer, ("adamw", "adam", "adafactor", "sgd", "muon", "auto"))
         if self.optimizer_kwargs is not None and not isinstance(self.optimizer_kwargs, dict):
             raise ConfigError(f"RetentionConfig.optimizer_kwargs={self.optimizer_kwargs!r} must be a mapping.")
         _check_range("mismatch_lr_scale", self.mismatch_lr_scale, 0.0, 1.0, low_open=True)
@@ -199,6 +238,9 @@ class RetentionConfig:
         _check_choice("ewc_mode", self.ewc_mode, ("ewc", "l2sp"))
         _check_choice("ewc_fisher_method", self.ewc_fisher_method, ("empirical", "true", "batch"))
         _check_range("ewc_fisher_samples", self.ewc_fisher_samples, 1)
+        _check_choice("ewc_fisher_normalize", self.ewc_fisher_normalize, (None, "max", "mean"))
+        _check_choice("ewc_fisher_dtype", self.ewc_fisher_dtype, ("float32", "bfloat16"))
+        _check_range("ewc_online_decay", self.ewc_online_decay, 0.0, 1.0)
 
         _check_range("distill_alpha", self.distill_alpha, 0.0)
         _check_range("distill_temperature", self.distill_temperature, 0.0, low_open=True)
@@ -211,27 +253,41 @@ class RetentionConfig:
                 f"RetentionConfig.distill_teacher={self.distill_teacher!r} needs distill_teacher_path "
                 "(a checkpoint folder for 'path', a cache folder from `hf-retain distill-cache` for 'offline')."
             )
+        if self.distill_teacher_dtype is not None:
+            _check_choice("distill_teacher_dtype", self.distill_teacher_dtype, ("bfloat16", "float16", "float32"))
+        if self.distill_teacher_device is not None and (
+            not isinstance(self.distill_teacher_device, str) or not self.distill_teacher_device.strip()
+        ):
+            raise ConfigError(
+                f"RetentionConfig.distill_teacher_device={self.distill_teacher_device!r} must be a device name "
+                "such as 'cpu' or 'cuda:0', or None."
+            )
 
         _check_range("replay_ratio", self.replay_ratio, 0.0, 1.0, high_open=True)
         _check_choice("replay_unit", self.replay_unit, ("examples", "tokens"))
         _check_range("replay_capacity", self.replay_capacity, 1)
-        if self.replay_ratio > 0 and not self.replay_dataset:
-            raise ConfigError(
-                f"RetentionConfig.replay_ratio={self.replay_ratio} needs replay_dataset: the general or earlier "
-                "data to mix in (a hub id, a local folder, or a text/JSON/JSONL/parquet file)."
-            )
-        if self.distill_on == "replay" and self.distill_alpha > 0 and self.replay_ratio == 0:
+        _check_range("replay_generate_tokens", self.replay_generate_tokens, 0)
+        # replay_dataset is checked by ReplayMixin, since a ready ReplayBuffer may be passed to the trainer instead.
+        if self.distill_on == "replay" and self.distill_alpha > 0 and self.replay_ratio == 0 and not self.curriculum:
             raise ConfigError(
                 "RetentionConfig.distill_on='replay' distils only replayed rows, but replay_ratio=0 replays none; "
                 "set replay_ratio > 0 (with replay_dataset) or distill_on='train'."
             )
-        if self.curriculum is not None and not isinstance(self.curriculum, list):
-            raise ConfigError(f"RetentionConfig.curriculum={self.curriculum!r} must be a list of phases.")
+        if self.curriculum is not None:
+            from hf_retain.replay.curriculum import CurriculumSchedule  # pure Python: cheap to import here
+
+            if not isinstance(self.curriculum, list):
+                raise ConfigError(f"RetentionConfig.curriculum={self.curriculum!r} must be a list of phases.")
+            try:
+                CurriculumSchedule(self.curriculum)
+            except ValueError as err:
+                raise ConfigError(f"RetentionConfig.curriculum: {err}") from err
 
         _check_range("regression_threshold", self.regression_threshold, 0.0)
         _check_range("regression_every_n_steps", self.regression_every_n_steps, 1)
         _check_range("regression_patience", self.regression_patience, 1)
         _check_choice("regression_action", self.regression_action, ("warn", "stop", "rollback"))
+        _check_choice("regression_on_error", self.regression_on_error, ("continue", "stop"))
 
     # ------------------------------------------------------------------------------------------------------------
     @property
@@ -242,7 +298,9 @@ class RetentionConfig:
             used.append(self.ewc_mode)
         if self.distill_alpha > 0:
             used.append(f"distill[{self.distill_on}]")
-        if self.replay_ratio > 0:
+        if self.curriculum:
+            used.append(f"replay[curriculum {self.replay_unit}]")
+        elif self.replay_ratio > 0:
             used.append(f"replay[{self.replay_ratio:g} {self.replay_unit}]")
         if self.regression_suite:
             used.append(f"regression-guard[{self.regression_action}]")

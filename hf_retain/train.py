@@ -213,7 +213,7 @@ def resolve_model(name: str) -> str:
 
             return str(TINY_LLAMA_DIR)
         if which == "tiny-llama":
-            from hf_retain.demo import pretrained_tiny_model
+            from hf_retain.bench import pretrained_tiny_model
 
             return str(pretrained_tiny_model())
         raise RecipeError(f"Unknown builtin model {name!r}; builtin models are "

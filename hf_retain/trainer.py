@@ -18,12 +18,18 @@ from transformers import Trainer, TrainerCallback
 from trl import SFTTrainer
 
 from hf_retain.config import RetentionConfig
+from hf_retain.distill import DistillationMixin
+from hf_retain.ewc import EWCMixin
 from hf_retain.mixin import RetentionMixin
+from hf_retain.optim import OptimizerMixin
+from hf_retain.replay.mixin import ReplayMixin
 
 __all__ = ["RetentionTrainer", "RetentionSFTTrainer", "build_trainer", "retention_callbacks"]
 
-# Mixins stacked left of the base Trainer, outermost first. Add each method's mixin here when it lands.
-RETENTION_MIXINS: tuple[type, ...] = ()
+# Mixins stacked left of the base Trainer, outermost first. compute_loss runs EWC (adds the penalty) around
+# distillation (which pops the replay mask) around the Trainer's loss; ReplayMixin wraps the training collator the
+# Trainer built; OptimizerMixin builds the optimizer RetentionConfig.optimizer names.
+RETENTION_MIXINS: tuple[type, ...] = (OptimizerMixin, EWCMixin, DistillationMixin, ReplayMixin)
 
 
 class RetentionTrainer(*RETENTION_MIXINS, RetentionMixin, Trainer):  # type: ignore[misc]
@@ -35,8 +41,20 @@ class RetentionSFTTrainer(*RETENTION_MIXINS, RetentionMixin, SFTTrainer):  # typ
 
 
 def retention_callbacks(retention: RetentionConfig) -> list[TrainerCallback]:
-    """The callbacks a `RetentionConfig` asks for (consistency check, lineage, curriculum, regression guard)."""
+    """The callbacks a `RetentionConfig` asks for: the optimizer-consistency check, the lineage writer and the
+    regression guard. (ReplayMixin adds the curriculum callback itself when `curriculum` is set.)"""
+    from hf_retain.callbacks.consistency import OptimizerConsistencyCallback
+    from hf_retain.callbacks.lineage import LineageCallback
+    from hf_retain.callbacks.regression import RegressionEarlyStoppingCallback
+
     callbacks: list[TrainerCallback] = []
+    if retention.consistency_policy != "off":
+        callbacks.append(OptimizerConsistencyCallback(policy=retention.consistency_policy, retention=retention))
+    if retention.record_lineage:
+        callbacks.append(LineageCallback(retention=retention))
+    guard = RegressionEarlyStoppingCallback.from_retention_config(retention)
+    if guard is not None:
+        callbacks.append(guard)
     return callbacks
 
 

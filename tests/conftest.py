@@ -27,6 +27,15 @@ LAUNCH_FLAGS: dict[str, list[str]] = {
 }
 
 
+def _free_port() -> int:
+    """A port nobody listens on now, so concurrent launches do not collide on accelerate's default 29500."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     from hf_retain.assets import load_tiny_tokenizer
@@ -59,6 +68,7 @@ def run_distributed(tmp_path_factory):
         env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
         env["HF_RETAIN_TEST_TMP"] = str(tmp_path_factory.mktemp(f"{Path(script).stem.replace(' ', '_')}_{backend}"))
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
+               "--main_process_port", str(_free_port()),
                "--mixed_precision", "no", "--dynamo_backend", "no", *LAUNCH_FLAGS[backend],
                *(["-m", script[3:]] if script.startswith("-m ") else [str(DISTRIBUTED_SCRIPTS / script)]), *args]
         try:

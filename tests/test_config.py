@@ -34,13 +34,22 @@ def test_bad_values_name_field_value_and_range(kwargs, fragments):
         assert fragment in str(err.value)
 
 
-def test_replay_needs_a_dataset_and_replay_distillation_needs_replay():
-    with pytest.raises(ConfigError, match="replay_dataset"):
-        RetentionConfig(replay_ratio=0.3)
+def test_replay_distillation_needs_replay_and_offline_teacher_needs_a_path():
     with pytest.raises(ConfigError, match="replay_ratio"):
         RetentionConfig(distill_alpha=1.0, distill_on="replay")
     with pytest.raises(ConfigError, match="distill_teacher_path"):
         RetentionConfig(distill_alpha=1.0, distill_teacher="offline")
+
+
+def test_replay_without_data_fails_when_the_trainer_is_built(tmp_path, tiny_model):
+    """replay_ratio > 0 needs replay data: a replay_dataset, or a ready replay_buffer= passed to the trainer."""
+    from transformers import TrainingArguments
+
+    from hf_retain import RetentionTrainer
+
+    args = TrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
+    with pytest.raises(Exception, match="replay_dataset"):
+        RetentionTrainer(model=tiny_model, args=args, retention=RetentionConfig(replay_ratio=0.3))
 
 
 def test_recommended_mix_is_replay_plus_distillation_on_replayed_rows():

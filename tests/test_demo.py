@@ -14,10 +14,12 @@ def test_quick_demo_writes_report_with_every_arm(tmp_path, monkeypatch, capsys):
     assert main(["demo", "--quick", "--output", str(tmp_path / "demo")]) == 0
     out = capsys.readouterr().out
     data = json.loads((tmp_path / "demo" / "report.json").read_text())
-    names = [arm["name"] for arm in data["arms"]]
-    assert names[0] == "plain" and len(names) >= 2
+    from hf_retain.demo import DEMO_METHODS, demo_settings
+
+    assert [arm["name"] for arm in data["arms"]] == list(DEMO_METHODS)
     for arm in data["arms"]:
-        assert arm["general_before"] > 0 and arm["domain_before"] > 0 and arm["steps"] == 10
+        assert arm["general_before"] > 0 and arm["domain_before"] > 0
+        assert arm["steps"] == demo_settings(quick=True).finetune_steps
         assert arm["name"] in out
     assert (tmp_path / "demo" / "report.png").stat().st_size > 0
     assert "forgetting" in (tmp_path / "demo" / "report.md").read_text()

@@ -58,7 +58,7 @@ def test_wrong_type_names_key_and_expected_type(tmp_path, key, value, expected):
 
 def test_invalid_retention_value_is_a_recipe_error(tmp_path):
     path = write(tmp_path, {"model_name_or_path": "builtin:tiny-llama", "ewc_lambda": -2.0})
-    with pytest.raises(RecipeError, match="ewc_lambda=-2.0"):
+    with pytest.raises(RecipeError, match=r"ewc_lambda=-2\.0"):
         load_recipe(path)
 
 
@@ -79,7 +79,7 @@ def test_model_and_dataset_paths_that_do_not_exist(tmp_path):
     with pytest.raises(RecipeError, match="does not exist"):
         resolve_model(str(tmp_path / "no-model"))
     (tmp_path / "empty-dir").mkdir()
-    with pytest.raises(RecipeError, match="no config.json"):
+    with pytest.raises(RecipeError, match=r"no config\.json"):
         resolve_model(str(tmp_path / "empty-dir"))
     with pytest.raises(RecipeError, match="does not exist"):
         load_text_dataset(str(tmp_path / "missing.jsonl"))

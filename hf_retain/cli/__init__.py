@@ -15,6 +15,11 @@ from collections.abc import Sequence
 COMMANDS: dict[str, str] = {
     "train": "train",
     "demo": "demo",
+    "compare": "compare",
+    "bench": "bench",
+    "gate": "gate",
+    "distill-cache": "distill_cache",
+    "inspect": "inspect",
 }
 
 

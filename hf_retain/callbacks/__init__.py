@@ -1,0 +1,1 @@
+"""Trainer callbacks, one per file (consistency, lineage, regression, adaptive, curriculum)."""

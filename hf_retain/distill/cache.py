@@ -1,0 +1,282 @@
+"""Offline teacher cache: the teacher's top-k next-token log-probs, written once to disk and streamed in training.
+
+Why: a frozen teacher costs a second model in memory and a forward pass per step. For a fixed dataset the teacher's
+answers never change, so we compute them once (`hf-retain distill-cache` or `build_distill_cache`) and read only the
+rows a batch needs. Each position keeps the ``top_k`` largest log-probs and one *tail bucket* holding the rest of the
+probability mass, so the stored distribution sums to one and the divergence is between proper distributions over
+``top_k + 1`` buckets.
+
+Layout of a cache folder (safetensors + JSON only, nothing is unpickled)::
+
+    fingerprint.json        format version, top_k, temperature, tokenizer and dataset fingerprints, shard list
+    index.json              row key (sha1 of the row's token ids) -> [shard, row]
+    shard-00000.safetensors topk_ids int32 [P, k], topk_logprobs float32 [P, k], tail_logprob float32 [P],
+                            offsets int64 [rows + 1] (row r owns positions offsets[r]:offsets[r+1])
+
+Rows are found by the content of their tokens, so shuffling, padding and batching in training do not matter; a row
+the cache does not hold, or a cache built with another tokenizer or dataset, is a clear `DistillCacheError`.
+
+Example:
+    >>> import tempfile
+    >>> from hf_retain import build_tiny_model, load_tiny_tokenizer
+    >>> from hf_retain.distill import OfflineTeacherCache, build_distill_cache
+    >>> tok = load_tiny_tokenizer()
+    >>> rows = [tok("def f(x): return x")["input_ids"], tok("Hello there.")["input_ids"]]
+    >>> folder = build_distill_cache(build_tiny_model(num_hidden_layers=1), rows, tempfile.mkdtemp(),
+    ...                              tokenizer=tok, top_k=4)
+    >>> cache = OfflineTeacherCache(folder)
+    >>> ids, logprobs, tail = cache.row(rows[1])
+    >>> ids.shape, round(float((logprobs.exp().sum(-1) + tail.exp())[0]), 4)
+    (torch.Size([11, 4]), 1.0)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "DistillCacheError",
+    "OfflineTeacherCache",
+    "build_distill_cache",
+    "dataset_fingerprint",
+    "row_key",
+    "tokenizer_fingerprint",
+]
+
+CACHE_FORMAT = "hf_retain.distill_cache"
+CACHE_VERSION = 1
+FINGERPRINT_FILE = "fingerprint.json"
+INDEX_FILE = "index.json"
+
+
+class DistillCacheError(ValueError):
+    """The offline teacher cache is missing, malformed, or does not match the training data or tokenizer."""
+
+
+def row_key(token_ids: Sequence[int] | torch.Tensor) -> str:
+    """Content key of one row: sha1 of its token ids as little-endian int32 (identical rows share a key)."""
+    ids = torch.as_tensor(token_ids, dtype=torch.int32).flatten().contiguous()
+    return hashlib.sha1(ids.numpy().astype("<i4").tobytes()).hexdigest()
+
+
+def dataset_fingerprint(rows: Iterable[Sequence[int]]) -> str:
+    """Order-independent fingerprint of a tokenized dataset: sha256 of its sorted, de-duplicated row keys."""
+    keys = sorted({row_key(r) for r in rows})
+    return hashlib.sha256("\n".join(keys).encode()).hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer: Any) -> str:
+    """Fingerprint of a tokenizer's vocabulary and special tokens (what decides the token ids a text gets)."""
+    if tokenizer is None or not hasattr(tokenizer, "get_vocab"):
+        raise DistillCacheError(
+            "a tokenizer (with get_vocab) is needed to fingerprint the offline cache; pass tokenizer=... "
+            "(the processing_class of your Trainer)."
+        )
+    vocab = sorted(tokenizer.get_vocab().items(), key=lambda kv: (kv[1], kv[0]))
+    special = sorted((str(k), str(v)) for k, v in (getattr(tokenizer, "special_tokens_map", None) or {}).items())
+    payload = json.dumps({"vocab": vocab, "special": special}, ensure_ascii=False)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _as_rows(data: Any, max_length: int | None) -> list[list[int]]:
+    """Token-id rows from a list of lists or a `datasets.Dataset` with an ``input_ids`` column."""
+    column_names = getattr(data, "column_names", None)
+    if column_names is not None:
+        if "input_ids" not in column_names:
+            raise DistillCacheError(
+                f"the dataset has columns {column_names} but no 'input_ids'; tokenize it first (pass "
+                "trainer.train_dataset, or use `hf-retain distill-cache --text-column ...`)."
+            )
+        data = data["input_ids"]
+    rows = [list(map(int, r))[:max_length] if max_length else list(map(int, r)) for r in data]
+    return [r for r in rows if len(r) >= 2]
+
+
+@torch.no_grad()
+def build_distill_cache(
+    teacher: Any,
+    data: Any,
+    out_dir: str | os.PathLike[str],
+    *,
+    tokenizer: Any,
+    top_k: int = 32,
+    temperature: float = 1.0,
+    batch_size: int = 8,
+    shard_rows: int = 2048,
+    max_length: int | None = None,
+) -> str:
+    """Run ``teacher`` once over ``data`` (token-id rows or a Dataset with ``input_ids``) and write the cache.
+
+    Log-probs are taken at ``temperature`` (training must use the same `distill_temperature`). Returns the folder.
+    Build it from exactly the rows you train on (e.g. ``trainer.train_dataset``), so every row is found.
+    """
+    if not isinstance(top_k, int) or top_k < 1:
+        raise DistillCacheError(f"top_k={top_k!r} must be a positive integer (e.g. 32).")
+    if not temperature > 0:
+        raise DistillCacheError(f"temperature={temperature!r} must be > 0.")
+    from safetensors.torch import save_file
+
+    rows = _as_rows(data, max_length)
+    if not rows:
+        raise DistillCacheError("no rows with at least 2 tokens to cache; check the dataset and its column.")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    vocab = teacher.get_output_embeddings().weight.shape[0]
+    k = min(top_k, vocab)
+    device = next(teacher.parameters()).device
+    was_training = teacher.training
+    teacher.eval()
+
+    index: dict[str, list[int]] = {}
+    unique: list[list[int]] = []
+    for r in rows:
+        key = row_key(r)
+        if key not in index:
+            index[key] = [-1, -1]
+            unique.append(r)
+    shards: list[dict[str, Any]] = []
+    try:
+        for shard_no, start in enumerate(range(0, len(unique), shard_rows)):
+            shard = unique[start:start + shard_rows]
+            ids_parts, lp_parts, tail_parts, offsets = [], [], [], [0]
+            for b in range(0, len(shard), batch_size):
+                batch = shard[b:b + batch_size]
+                width = max(len(r) for r in batch)
+                input_ids = torch.zeros(len(batch), width, dtype=torch.long)
+                mask = torch.zeros(len(batch), width, dtype=torch.long)
+                for j, r in enumerate(batch):
+                    input_ids[j, : len(r)] = torch.tensor(r)
+                    mask[j, : len(r)] = 1
+                logits = teacher(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits.float()
+                logprobs = torch.log_softmax(logits / temperature, dim=-1)
+                for j, r in enumerate(batch):
+                    lp = logprobs[j, : len(r) - 1]  # position t predicts token t+1
+                    top_lp, top_ids = lp.topk(k, dim=-1)
+                    rest = lp.scatter(-1, top_ids, float("-inf"))
+                    ids_parts.append(top_ids.to(torch.int32).cpu())
+                    lp_parts.append(top_lp.cpu())
+                    tail_parts.append(torch.logsumexp(rest, dim=-1).cpu())
+                    offsets.append(offsets[-1] + len(r) - 1)
+            name = f"shard-{shard_no:05d}.safetensors"
+            save_file(
+                {
+                    "topk_ids": torch.cat(ids_parts).contiguous(),
+                    "topk_logprobs": torch.cat(lp_parts).contiguous(),
+                    "tail_logprob": torch.cat(tail_parts).contiguous(),
+                    "offsets": torch.tensor(offsets, dtype=torch.int64),
+                },
+                str(out / name),
+            )
+            for j, r in enumerate(shard):
+                index[row_key(r)] = [shard_no, j]
+            shards.append({"file": name, "rows": len(shard)})
+    finally:
+        teacher.train(was_training)
+
+    config = getattr(teacher, "config", None)
+    fingerprint = {
+        "format": CACHE_FORMAT,
+        "version": CACHE_VERSION,
+        "top_k": k,
+        "temperature": float(temperature),
+        "vocab_size": int(vocab),
+        "teacher": str(getattr(config, "_name_or_path", "") or type(teacher).__name__),
+        "tokenizer_sha256": tokenizer_fingerprint(tokenizer),
+        "dataset_sha256": dataset_fingerprint(unique),
+        "num_rows": len(unique),
+        "shards": shards,
+    }
+    (out / INDEX_FILE).write_text(json.dumps(index))
+    (out / FINGERPRINT_FILE).write_text(json.dumps(fingerprint, indent=2))
+    return str(out)
+
+
+class OfflineTeacherCache:
+    """Reader of a cache folder: looks rows up by content and reads only their slices (memory-mapped)."""
+
+    def __init__(self, folder: str | os.PathLike[str]) -> None:
+        self.folder = Path(folder)
+        meta_path = self.folder / FINGERPRINT_FILE
+        if not meta_path.is_file():
+            raise DistillCacheError(
+                f"{self.folder} is not an offline distillation cache (no {FINGERPRINT_FILE}); build one with "
+                "`hf-retain distill-cache --model TEACHER --data DATA --out FOLDER`."
+            )
+        self.meta: dict[str, Any] = json.loads(meta_path.read_text())
+        if self.meta.get("format") != CACHE_FORMAT or self.meta.get("version") != CACHE_VERSION:
+            raise DistillCacheError(
+                f"{meta_path} has format {self.meta.get('format')!r} v{self.meta.get('version')!r}; this hf_retain "
+                f"reads {CACHE_FORMAT!r} v{CACHE_VERSION}. Rebuild the cache with `hf-retain distill-cache`."
+            )
+        self.index: dict[str, list[int]] = json.loads((self.folder / INDEX_FILE).read_text())
+        self.top_k: int = int(self.meta["top_k"])
+        self.temperature: float = float(self.meta["temperature"])
+        self.vocab_size: int = int(self.meta["vocab_size"])
+        self._offsets: dict[int, torch.Tensor] = {}
+
+    # ---- checks ------------------------------------------------------------------------------------------------
+    def check_compatible(
+        self, *, tokenizer: Any = None, temperature: float | None = None, vocab_size: int | None = None,
+        rows: Iterable[Sequence[int]] | None = None,
+    ) -> None:
+        """Raise `DistillCacheError` when the training setup differs from the one the cache was built for."""
+        where = f"the offline cache at {self.folder}"
+        rebuild = "Rebuild it for this run with `hf-retain distill-cache` (or `build_distill_cache`)."
+        if temperature is not None and abs(float(temperature) - self.temperature) > 1e-9:
+            raise DistillCacheError(
+                f"{where} holds log-probs at temperature {self.temperature}, but distill_temperature={temperature}. "
+                f"Set distill_temperature={self.temperature} or rebuild with --temperature {temperature}."
+            )
+        if vocab_size is not None and int(vocab_size) != self.vocab_size:
+            raise DistillCacheError(
+                f"{where} was built by a teacher with a {self.vocab_size}-token vocabulary, but the student has "
+                f"{vocab_size}: teacher and student must share one vocabulary. {rebuild}"
+            )
+        if tokenizer is not None and hasattr(tokenizer, "get_vocab"):
+            got = tokenizer_fingerprint(tokenizer)
+            if got != self.meta["tokenizer_sha256"]:
+                raise DistillCacheError(
+                    f"{where} was built with another tokenizer (fingerprint {self.meta['tokenizer_sha256'][:12]}, "
+                    f"this run's tokenizer {got[:12]}). {rebuild}"
+                )
+        if rows is not None:
+            got = dataset_fingerprint(rows)
+            if got != self.meta["dataset_sha256"]:
+                raise DistillCacheError(
+                    f"{where} was built from another dataset (fingerprint {self.meta['dataset_sha256'][:12]} over "
+                    f"{self.meta['num_rows']} rows; this run's training data {got[:12]}). {rebuild}"
+                )
+
+    # ---- lookup ------------------------------------------------------------------------------------------------
+    def row(self, token_ids: Sequence[int] | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(topk_ids [L-1, k] long, topk_logprobs [L-1, k], tail_logprob [L-1])`` of one row of L tokens."""
+        key = row_key(token_ids)
+        where = self.index.get(key)
+        if where is None:
+            n = len(token_ids)
+            raise DistillCacheError(
+                f"a training row of {n} tokens (key {key[:12]}) is not in the offline cache at {self.folder}: the "
+                "cache was built from other rows (another dataset, tokenizer, truncation or padding). Build the "
+                "cache from exactly the rows you train on, e.g. build_distill_cache(teacher, "
+                "trainer.train_dataset, ...)."
+            )
+        shard_no, r = where
+        from safetensors import safe_open
+
+        path = self.folder / self.meta["shards"][shard_no]["file"]
+        with safe_open(str(path), framework="pt") as handle:
+            offsets = self._offsets.get(shard_no)
+            if offsets is None:
+                offsets = self._offsets[shard_no] = handle.get_tensor("offsets")
+            a, b = int(offsets[r]), int(offsets[r + 1])
+            ids = handle.get_slice("topk_ids")[a:b].long()
+            logprobs = handle.get_slice("topk_logprobs")[a:b]
+            tail = handle.get_slice("tail_logprob")[a:b]
+        return ids, logprobs, tail

@@ -1,0 +1,580 @@
+"""`DistillationMixin`: keep the fine-tuned model's next-token distributions close to the model as it was.
+
+Regularising outputs toward the pre-update model (Hinton et al. 2015; LwF) preserves *function* rather than weights;
+on our measurements it forgets far less than EWC (see the shared FINDINGS). The mixin adds
+
+    loss = task_loss + distill_alpha * sum_{distilled tokens} D(teacher || student) / (task-loss token count)
+
+so ``distill_alpha`` weighs the per-token divergence against the per-token task loss, and the denominator is the very
+one the task loss uses (``num_items_in_batch`` under gradient accumulation, across devices when the Trainer averages
+tokens across devices; the local token count otherwise). Distilled tokens are the task-loss tokens (labels != -100
+after the shift: SFT completion-only and assistant-only masks, padding), restricted to replayed rows
+(`REPLAY_MASK_KEY`) when ``distill_on='replay'``.
+
+The divergence is TRL's: its chunked generalized-JSD kernel (``beta`` 0 = forward KL, 1 = reverse KL) for online
+teachers, which projects the student's and the teacher's final hidden states through their LM heads tile by tile and
+never materialises full-vocabulary logits; TRL's GKD ``generalized_jsd_loss`` over the ``top_k + 1`` buckets for the
+offline teacher. The divergence is computed inside the student's forward (a hook on its backbone), where FSDP2 and
+DeepSpeed ZeRO-3 hold the LM head gathered, and works with TRL's fused LM head (SFTTrainer never builds logits).
+``distill_loss`` (mean divergence per distilled token, before ``distill_alpha``) is logged beside ``loss``.
+
+Example (a full fine-tune: the teacher is a frozen snapshot taken when training begins):
+    >>> import tempfile, torch
+    >>> from datasets import Dataset
+    >>> from transformers import PrinterCallback, Trainer, TrainingArguments
+    >>> from hf_retain import RetentionConfig, build_tiny_model
+    >>> from hf_retain.distill import DistillationMixin
+    >>> class DistilTrainer(DistillationMixin, Trainer): ...
+    >>> ids = torch.randint(3, 259, (8, 16)).tolist()
+    >>> args = TrainingArguments(tempfile.mkdtemp(), max_steps=2, per_device_train_batch_size=4, report_to=[],
+    ...                          logging_steps=1, save_strategy="no", use_cpu=True, disable_tqdm=True)
+    >>> trainer = DistilTrainer(model=build_tiny_model(num_hidden_layers=1), args=args,
+    ...                         train_dataset=Dataset.from_dict({"input_ids": ids, "labels": ids}),
+    ...                         retention=RetentionConfig(distill_alpha=1.0))
+    >>> trainer.remove_callback(PrinterCallback)
+    >>> _ = trainer.train()
+    >>> logged = [row["distill_loss"] for row in trainer.state.log_history if "distill_loss" in row]
+    >>> len(logged), logged[0] < 1e-3   # the student starts equal to its teacher
+    (2, True)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from hf_retain.distill.cache import DistillCacheError, OfflineTeacherCache
+from hf_retain.distill.teachers import (
+    TeacherError,
+    backbone_of,
+    is_peft,
+    lm_head_of,
+    load_path_teacher,
+    logit_transform,
+    snapshot_teacher,
+    teacher_hidden_states,
+    vocab_rows,
+)
+from hf_retain.mixin import REPLAY_MASK_KEY, RetentionMixin
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DistillationMixin"]
+
+STATE_FILE = "distill_teacher.json"
+SNAPSHOT_DIR = "distill_teacher_snapshot"
+SNAPSHOT_FILE = "model.safetensors"
+# Keys of a batch that are targets or bookkeeping, not model inputs for the teacher's forward.
+_NON_INPUT_KEYS = ("labels", "shift_labels", "num_items_in_batch", "completion_mask", "assistant_masks",
+                   REPLAY_MASK_KEY)
+_LOG_FLOOR = -1e4  # log-prob floor for empty buckets: exp() is exactly 0, so 0 * (finite) = 0 instead of NaN
+
+
+def _divergence_beta(divergence: str, beta: float) -> float:
+    """TRL's convention: beta 0 = forward KL(teacher||student), 1 = reverse KL(student||teacher), else JSD."""
+    return {"forward_kl": 0.0, "reverse_kl": 1.0}.get(divergence, float(beta))
+
+
+def _rows_of(inputs: dict[str, Any], rows: torch.Tensor, batch: int) -> dict[str, Any]:
+    """The teacher's model inputs for the selected rows (tensors with a batch dimension are indexed)."""
+    out = {}
+    for key, value in inputs.items():
+        if key in _NON_INPUT_KEYS:
+            continue
+        if torch.is_tensor(value) and value.dim() > 0 and value.shape[0] == batch:
+            value = value.index_select(0, rows.to(value.device))
+        out[key] = value
+    return out
+
+
+def _to_device(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in inputs.items()}
+
+
+# Off-Triton (CPU), TRL's torch tiles create several full-tile temporaries per pass; cap a tile at this many elements.
+_TORCH_TILE_ELEMENTS = 2**18
+
+
+@contextlib.contextmanager
+def _vocab_wide_tiles(vocab: int, device: torch.device) -> Iterator[None]:
+    """Size TRL's tiles for this vocabulary and device while its kernel runs (tile sizes change no result).
+
+    TRL allocates its scratch tiles ``VOCAB_CHUNK_SIZE`` (32768) columns wide whatever the vocabulary, so a model with
+    a smaller vocabulary (byte-level, code models) would pay ``[tokens, 32768]`` fp32 buffers per model; and its torch
+    fallback (no Triton: CPU) materialises several temporaries of a whole ``[4096, 32768]`` tile, so there we also
+    take fewer tokens per tile.
+    """
+    from trl.kernels import chunked_divergence as kernel
+    from trl.kernels.chunked_logprob import _use_triton
+
+    vocab_tile, token_tile = kernel.VOCAB_CHUNK_SIZE, kernel.TOKEN_CHUNK_SIZE
+    kernel.VOCAB_CHUNK_SIZE = max(1, min(vocab_tile, int(vocab)))
+    if not _use_triton(device):
+        kernel.TOKEN_CHUNK_SIZE = max(32, min(token_tile, _TORCH_TILE_ELEMENTS // kernel.VOCAB_CHUNK_SIZE))
+    try:
+        yield
+    finally:
+        kernel.VOCAB_CHUNK_SIZE, kernel.TOKEN_CHUNK_SIZE = vocab_tile, token_tile
+
+
+def _chunked_divergence_function() -> type:
+    from trl.kernels.chunked_divergence import ChunkedDivergenceFunction
+
+    class TiledToVocab(ChunkedDivergenceFunction):
+        """TRL's ChunkedDivergenceFunction, run with vocabulary-wide tiles (forward and backward)."""
+
+        @staticmethod
+        def forward(ctx, *args):  # type: ignore[override]
+            weight = args[1]
+            ctx.hf_retain_vocab = int((getattr(weight, "ds_shape", None) or weight.shape)[0])
+            ctx.hf_retain_device = args[0].device
+            with _vocab_wide_tiles(ctx.hf_retain_vocab, ctx.hf_retain_device):
+                return ChunkedDivergenceFunction.forward(ctx, *args)
+
+        @staticmethod
+        def backward(ctx, *grads):  # type: ignore[override]
+            with _vocab_wide_tiles(ctx.hf_retain_vocab, ctx.hf_retain_device):
+                return ChunkedDivergenceFunction.backward(ctx, *grads)
+
+    return TiledToVocab
+
+
+def chunked_divergence_sum(
+    student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, student_weight: torch.Tensor,
+    teacher_weight: torch.Tensor, mask: torch.Tensor, beta: float, *, student_bias: torch.Tensor | None = None,
+    teacher_bias: torch.Tensor | None = None, student_scale: float = 1.0, teacher_scale: float = 1.0,
+    student_softcap: float | None = None, teacher_softcap: float | None = None, temperature: float = 1.0,
+) -> torch.Tensor:
+    """Sum over ``mask`` positions of TRL's generalized JSD (beta 0 = forward KL, 1 = reverse KL) between the student's
+    and the teacher's next-token distributions, from hidden states ``[B, K, H]`` and LM heads ``[V, H]``.
+
+    The math is TRL's ChunkedDivergenceFunction (Triton kernels on GPU, torch tiles elsewhere); this wrapper differs
+    from TRL's private ``_chunked_divergence_loss`` in two memory details: tiles are at most vocabulary-wide (see
+    `_vocab_wide_tiles`) and only the masked positions are projected on every device (TRL projects all positions
+    off-Triton to avoid recompilation on Neuron, which does not apply here).
+    """
+    from torch.distributed.tensor import DTensor
+
+    # FSDP2 outside the root forward: gather the head once (differentiably), as TRL does.
+    if isinstance(student_weight, DTensor):
+        student_weight = student_weight.full_tensor().to(student_hidden.dtype)
+        student_bias = student_bias.full_tensor() if student_bias is not None else None
+    if isinstance(teacher_weight, DTensor):
+        teacher_weight = teacher_weight.full_tensor().to(teacher_hidden.dtype)
+        teacher_bias = teacher_bias.full_tensor() if teacher_bias is not None else None
+    valid = mask.reshape(-1).to(student_hidden.device)
+    h_s = student_hidden.reshape(-1, student_hidden.shape[-1])[valid]
+    h_t = teacher_hidden.reshape(-1, teacher_hidden.shape[-1])[valid.to(teacher_hidden.device)].to(h_s.device)
+    per_token, _entropy = _chunked_divergence_function().apply(
+        h_s, student_weight, student_bias, h_t, teacher_weight, teacher_bias, beta, temperature, student_scale,
+        student_softcap, teacher_scale, teacher_softcap,
+    )
+    return per_token.sum()
+
+
+def _bucket_logprobs(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ids: torch.Tensor, scale: float,
+    softcap: float | None, temperature: float,
+) -> torch.Tensor:
+    """Student log-probs over the teacher's top-k buckets plus the tail bucket: ``[n, k + 1]``."""
+    logits = hidden.float() @ weight.float().t()
+    if bias is not None:
+        logits = logits + bias.float()
+    logits = logits * scale
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
+    logprobs = torch.log_softmax(logits / temperature, dim=-1)
+    top = logprobs.gather(-1, ids)
+    tail = torch.logsumexp(logprobs.scatter(-1, ids, float("-inf")), dim=-1, keepdim=True)
+    return torch.cat([top, tail], dim=-1)
+
+
+def offline_divergence_sum(
+    hidden: torch.Tensor, lm_head: nn.Module, teacher_ids: torch.Tensor, teacher_logprobs: torch.Tensor,
+    teacher_tail: torch.Tensor, *, beta: float, temperature: float, scale: float = 1.0,
+    softcap: float | None = None, chunk: int = 1024,
+) -> torch.Tensor:
+    """Sum over positions of D(teacher || student) on ``top_k + 1`` buckets (offline teacher).
+
+    TRL's chunked kernel needs the teacher's hidden states and LM head, which an offline cache does not have, so the
+    student is projected here, in token chunks under activation checkpointing (one ``[chunk, V]`` tile alive at a
+    time); the divergence itself is TRL's GKD ``generalized_jsd_loss`` applied to the bucket log-probs.
+    """
+    import warnings
+
+    from torch.utils.checkpoint import checkpoint
+
+    with warnings.catch_warnings():  # TRL flags its experimental namespace; GKD's divergence itself is stable
+        warnings.simplefilter("ignore")
+        from trl.experimental.gkd import GKDTrainer
+
+    weight, bias = lm_head.weight, getattr(lm_head, "bias", None)
+    if isinstance(weight, torch.distributed.tensor.DTensor):
+        weight = weight.full_tensor()
+        bias = bias.full_tensor() if bias is not None else None
+    if hidden.shape[0] == 0:
+        return (hidden.sum() * 0.0 + weight.sum() * 0.0).float()
+    parts = [
+        checkpoint(_bucket_logprobs, hidden[a:a + chunk], weight, bias, teacher_ids[a:a + chunk], scale, softcap,
+                   temperature, use_reentrant=False)
+        for a in range(0, hidden.shape[0], chunk)
+    ]
+    student = torch.cat(parts).clamp(min=_LOG_FLOOR)
+    teacher = torch.cat([teacher_logprobs.float(), teacher_tail.float().unsqueeze(-1)], dim=-1).clamp(min=_LOG_FLOOR)
+    # Buckets are already normalised at the training temperature, so temperature=1 here (log_softmax is a no-op);
+    # num_items_in_batch=1 makes it return the plain sum, which we normalise like the task loss.
+    return GKDTrainer.generalized_jsd_loss(student, teacher.to(student.device), beta=beta, temperature=1.0,
+                                           num_items_in_batch=1)
+
+
+class DistillationMixin(RetentionMixin):
+    """Adds ``distill_alpha * D(teacher || student)`` to any Trainer's loss; a strict no-op when distill_alpha is 0.
+
+    Compose it left of the Trainer class: ``class T(EWCMixin, DistillationMixin, SFTTrainer): ...``. Settings come
+    from ``RetentionConfig.distill_*``; see this module's docstring for the loss and an example.
+    """
+
+    _distill_mode: str | None = None  # "adapters" | "model" | "offline"
+    _distill_teacher: Any = None
+    _distill_cache: OfflineTeacherCache | None = None
+    _distill_prepared: bool = False
+    _distill_snapshot_file: str | None = None
+    _distill_log: torch.Tensor | None = None
+
+    # ---- setup -------------------------------------------------------------------------------------------------
+    @property
+    def _distill_on(self) -> bool:
+        return self.retention.distill_alpha > 0
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
+        if self._distill_on:
+            self._distill_begin(resume_from_checkpoint)
+        return super().train(resume_from_checkpoint, *args, **kwargs)
+
+    def _distill_begin(self, resume_from_checkpoint: str | bool | None) -> None:
+        """Build the teacher from the model *before* any step (and before a resume loads newer weights)."""
+        cfg = self.retention
+        student = self.model  # type: ignore[attr-defined]
+        self._distill_prepared, self._distill_teacher, self._distill_cache = False, None, None
+        self._distill_log = None
+        lm_head = lm_head_of(student)
+        if is_peft(student):
+            from peft.tuners.tuners_utils import BaseTunerLayer
+            from peft.utils import ModulesToSaveWrapper
+
+            if isinstance(lm_head, (BaseTunerLayer, ModulesToSaveWrapper)):
+                raise TeacherError(
+                    "the PEFT config adapts the LM head (target_modules or modules_to_save include it), so the "
+                    "student's head is not one weight matrix the divergence can project through; leave the LM head "
+                    "out of the adapter (target_modules / modules_to_save) to distil this model."
+                )
+        if cfg.distill_teacher == "base" and is_peft(student):
+            self._distill_mode = "adapters"
+        elif cfg.distill_teacher == "base":
+            self._distill_mode = "model"
+            self._distill_teacher = snapshot_teacher(
+                student, device=cfg.distill_teacher_device, dtype=cfg.distill_teacher_dtype
+            )
+            if not resume_from_checkpoint:
+                self._write_snapshot()
+        elif cfg.distill_teacher == "path":
+            self._distill_mode = "model"
+            self._distill_teacher = load_path_teacher(
+                str(cfg.distill_teacher_path), student, student_tokenizer=self._distill_tokenizer(),
+                device=cfg.distill_teacher_device, dtype=cfg.distill_teacher_dtype,
+            )
+        else:
+            self._distill_mode = "offline"
+            if getattr(self, "is_deepspeed_enabled", False) and self._zero_stage() == 3:
+                raise TeacherError(
+                    "distill_teacher='offline' is not supported under DeepSpeed ZeRO-3 (the student's LM head is "
+                    "partitioned where the cached buckets are scored); use ZeRO-2, FSDP2, or an online teacher."
+                )
+            cache = OfflineTeacherCache(str(cfg.distill_teacher_path))
+            cache.check_compatible(
+                tokenizer=self._distill_tokenizer(), temperature=cfg.distill_temperature,
+                vocab_size=vocab_rows(student), rows=self._train_rows() if cfg.distill_on != "replay" else None,
+            )
+            self._distill_cache = cache
+
+    def _distill_tokenizer(self) -> Any:
+        tok = getattr(self, "processing_class", None)
+        tok = getattr(tok, "tokenizer", tok)  # processors wrap their tokenizer
+        return tok if hasattr(tok, "get_vocab") else None
+
+    def _train_rows(self) -> list[list[int]] | None:
+        """Token rows of the training set, for the cache's dataset fingerprint (None when not a sized dataset)."""
+        data = getattr(self, "train_dataset", None)
+        if data is None or "input_ids" not in (getattr(data, "column_names", None) or []):
+            return None
+        try:
+            return [list(r) for r in data["input_ids"]]
+        except TypeError:  # an IterableDataset cannot be listed; rows are checked one by one while training
+            return None
+
+    def _zero_stage(self) -> int:
+        plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)  # type: ignore[attr-defined]
+        return int(plugin.zero_stage) if plugin is not None else 0
+
+    def _write_snapshot(self) -> None:
+        """Save the snapshot teacher once per run, so a resume distils toward the original model, not step k."""
+        args = self.args  # type: ignore[attr-defined]
+        if getattr(args, "save_strategy", "no") == "no" or not args.output_dir:
+            return
+        folder = os.path.join(args.output_dir, SNAPSHOT_DIR)
+        self._distill_snapshot_file = os.path.abspath(os.path.join(folder, SNAPSHOT_FILE))
+        if args.should_save:
+            from safetensors.torch import save_model
+
+            os.makedirs(folder, exist_ok=True)
+            save_model(self._distill_teacher, self._distill_snapshot_file)
+
+    def _distill_prepare(self) -> None:
+        """Place a separate teacher under the training engine, for inference (as TRL does for its teachers)."""
+        self._distill_prepared = True
+        teacher = self._distill_teacher
+        if teacher is None:
+            return
+        if getattr(self, "is_deepspeed_enabled", False):
+            from trl.models import prepare_deepspeed
+
+            self._distill_teacher = prepare_deepspeed(teacher, self.accelerator)  # type: ignore[attr-defined]
+        elif getattr(self, "is_fsdp_enabled", False):
+            from trl.models.utils import prepare_fsdp
+
+            # Sharded like the student (accelerate's evaluation-mode prepare_model would keep a full replica).
+            self._distill_teacher = prepare_fsdp(teacher, self.accelerator)  # type: ignore[attr-defined]
+        elif self.retention.distill_teacher_device is None:
+            teacher.to(self.args.device)  # type: ignore[attr-defined]
+
+    # ---- loss --------------------------------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if not self._distill_on or not model.training:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+        if self._distill_mode is None:
+            raise RuntimeError("DistillationMixin was not set up; train through trainer.train().")
+        if not self._distill_prepared:
+            self._distill_prepare()
+        cfg = self.retention
+        # Read, not popped: mixins further right may need it too; RetentionMixin drops it before the model's forward.
+        replay_rows = inputs.get(REPLAY_MASK_KEY)
+        if inputs.get("shift_labels") is not None:
+            targets, pre_shifted = inputs["shift_labels"], True
+        elif inputs.get("labels") is not None:
+            targets, pre_shifted = inputs["labels"][:, 1:], False
+        else:
+            raise ValueError(
+                "DistillationMixin distils the positions of the task loss, but the batch has no 'labels'; use a "
+                "collator that sets labels (e.g. DataCollatorForLanguageModeling or SFTTrainer's)."
+            )
+        task_mask = targets != -100
+        mask = task_mask
+        if cfg.distill_on == "replay":
+            if replay_rows is None:
+                raise ValueError(
+                    f"distill_on='replay' distils replayed rows only, but the batch has no {REPLAY_MASK_KEY!r}; "
+                    "train with hf_retain's ReplayCollator (replay_ratio > 0), or set distill_on='train'."
+                )
+            mask = mask & replay_rows.to(mask.device).bool().view(-1, 1)
+
+        batch = mask.shape[0]
+        rows = mask.any(dim=1).nonzero().flatten()
+        distributed = self.accelerator.num_processes > 1  # type: ignore[attr-defined]
+        if rows.numel() == 0 and not distributed:  # nothing to distil: skip the teacher entirely
+            self._distill_record(torch.zeros((), device=mask.device), 0)
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+        if rows.numel() == 0:  # keep collectives in step across ranks: run one fully masked row
+            rows = torch.zeros(1, dtype=torch.long, device=mask.device)
+        row_mask = mask.index_select(0, rows)
+
+        student = self.accelerator.unwrap_model(model)  # type: ignore[attr-defined]
+        teacher_side = self._teacher_side(student, inputs, rows, batch, pre_shifted)
+        if self._distill_mode == "offline":
+            row_mask = row_mask & teacher_side["covered"].to(row_mask.device)
+        stash: dict[str, Any] = {}
+        handle = backbone_of(student).register_forward_hook(
+            self._distill_hook(student, rows, row_mask, teacher_side, pre_shifted, stash)
+        )
+        try:
+            result = super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                          num_items_in_batch=num_items_in_batch)
+        finally:
+            handle.remove()
+        if "sum" not in stash:
+            raise RuntimeError("the student's backbone did not run in compute_loss; cannot add the distillation loss.")
+        loss, outputs = (result if return_outputs else (result, None))
+        denominator, factor = self._distill_denominator(num_items_in_batch, task_mask)
+        loss = loss + cfg.distill_alpha * stash["sum"].to(loss.device) * (factor / denominator)
+        self._distill_record(stash["sum"].detach(), stash["count"])
+        return (loss, outputs) if return_outputs else loss
+
+    def _distill_denominator(self, num_items_in_batch: Any, task_mask: torch.Tensor) -> tuple[Any, float]:
+        """The task loss's own normaliser, so alpha weighs per-token divergence against per-token task loss."""
+        scaled = getattr(self, "loss_is_scaled_for_ga", None)
+        if scaled is None:
+            scaled = (getattr(self, "model_accepts_loss_kwargs", False) and num_items_in_batch is not None) or (
+                getattr(self, "compute_loss_func", None) is not None
+            )
+        if scaled and num_items_in_batch is not None:
+            factor = 1.0
+            if self.args.average_tokens_across_devices:  # type: ignore[attr-defined]
+                tp = self.get_tp_size() if hasattr(self, "get_tp_size") else 1
+                factor = float(self.accelerator.num_processes // tp)  # type: ignore[attr-defined]
+            denominator = num_items_in_batch
+            if torch.is_tensor(denominator):
+                denominator = denominator.clamp(min=1)
+            return denominator, factor
+        return task_mask.sum().clamp(min=1), 1.0
+
+    @torch.no_grad()
+    def _teacher_side(
+        self, student: Any, inputs: dict[str, Any], rows: torch.Tensor, batch: int, pre_shifted: bool
+    ) -> dict[str, Any]:
+        """Everything the teacher contributes, computed before the student's forward (no gradients)."""
+        if self._distill_mode == "offline":
+            return self._offline_targets(inputs, rows, pre_shifted)
+        sub = _rows_of(inputs, rows, batch)
+        if self._distill_mode == "adapters":
+            hidden = teacher_hidden_states(student, sub, disable_adapters=True)
+            return {"hidden": hidden, "model": student}
+        teacher = self.accelerator.unwrap_model(self._distill_teacher)  # type: ignore[attr-defined]
+        device = next(teacher.parameters()).device
+        hidden = teacher_hidden_states(teacher, _to_device(sub, device))
+        return {"hidden": hidden, "model": teacher}
+
+    def _offline_targets(self, inputs: dict[str, Any], rows: torch.Tensor, pre_shifted: bool) -> dict[str, Any]:
+        if pre_shifted:
+            raise DistillCacheError("distill_teacher='offline' does not support pre-shifted labels (packed, "
+                                    "context-parallel batches); use an online teacher.")
+        cache = self._distill_cache
+        assert cache is not None
+        input_ids = inputs["input_ids"].index_select(0, rows.to(inputs["input_ids"].device)).cpu()
+        attention = inputs.get("attention_mask")
+        attention = (attention.index_select(0, rows.to(attention.device)).cpu().bool() if attention is not None
+                     else torch.ones_like(input_ids, dtype=torch.bool))
+        n_rows, width = input_ids.shape
+        k = cache.top_k
+        ids = torch.zeros(n_rows, width - 1, k, dtype=torch.long)
+        logprobs = torch.full((n_rows, width - 1, k), _LOG_FLOOR)
+        tail = torch.zeros(n_rows, width - 1)
+        covered = torch.zeros(n_rows, width - 1, dtype=torch.bool)
+        for r in range(n_rows):
+            positions = attention[r].nonzero().flatten()
+            if positions.numel() < 2:
+                continue
+            r_ids, r_lp, r_tail = cache.row(input_ids[r, positions])
+            where = positions[:-1]
+            ids[r, where], logprobs[r, where], tail[r, where] = r_ids, r_lp, r_tail
+            covered[r, where] = True
+        return {"ids": ids, "logprobs": logprobs, "tail": tail, "covered": covered}
+
+    def _distill_hook(
+        self, student: Any, rows: torch.Tensor, row_mask: torch.Tensor, teacher_side: dict[str, Any],
+        pre_shifted: bool, stash: dict[str, Any],
+    ):
+        """Forward hook on the student's backbone: runs inside the model's forward, where FSDP2/ZeRO-3 have the LM
+        head available and register its gradient, and before (or instead of, with TRL's fused head) the logits."""
+        cfg = self.retention
+        beta = _divergence_beta(cfg.distill_divergence, cfg.distill_beta)
+
+        def hook(_module: nn.Module, _args: Any, output: Any) -> None:
+            if "sum" in stash or not torch.is_grad_enabled():  # a second, metrics-only forward (SFT) is ignored
+                return
+            hidden = output[0] if isinstance(output, (tuple, list)) else output.last_hidden_state
+            hidden = hidden.index_select(0, rows.to(hidden.device))
+            if not pre_shifted:
+                hidden = hidden[:, :-1]
+            head = lm_head_of(student)
+            scale, softcap = logit_transform(student)
+            mask = row_mask.to(hidden.device)
+            if self._distill_mode == "offline":
+                total = offline_divergence_sum(
+                    hidden[mask], head, teacher_side["ids"].to(hidden.device)[mask],
+                    teacher_side["logprobs"].to(hidden.device)[mask], teacher_side["tail"].to(hidden.device)[mask],
+                    beta=beta, temperature=cfg.distill_temperature, scale=scale, softcap=softcap,
+                )
+            else:
+                t_model = teacher_side["model"]
+                t_head = lm_head_of(t_model)
+                t_hidden = teacher_side["hidden"] if pre_shifted else teacher_side["hidden"][:, :-1]
+                # With the adapters teacher this is the student's own (frozen) head, passed as the same Parameter so
+                # ZeRO-3 gathers it once; the kernel returns no gradient for its teacher inputs.
+                t_weight, t_bias = t_head.weight, getattr(t_head, "bias", None)
+                t_scale, t_softcap = logit_transform(t_model)
+                if not isinstance(t_weight, torch.distributed.tensor.DTensor) and t_weight.device != hidden.device:
+                    t_weight = t_weight.to(hidden.device)  # a CPU-offloaded teacher head joins the student's device
+                    t_bias = t_bias.to(hidden.device) if t_bias is not None else None
+                total = chunked_divergence_sum(
+                    hidden, t_hidden, head.weight, t_weight, mask, beta, student_bias=getattr(head, "bias", None),
+                    teacher_bias=t_bias, student_scale=scale, teacher_scale=t_scale, student_softcap=softcap,
+                    teacher_softcap=t_softcap, temperature=cfg.distill_temperature,
+                )
+            stash["sum"] = total
+            stash["count"] = int(mask.sum())
+
+        return hook
+
+    # ---- logging -----------------------------------------------------------------------------------------------
+    def _distill_record(self, total: torch.Tensor, count: int) -> None:
+        value = torch.stack([total.float().reshape(()), torch.tensor(float(count), device=total.device)])
+        self._distill_log = value if self._distill_log is None else self._distill_log + value.to(
+            self._distill_log.device)
+
+    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
+        if self._distill_on and "loss" in logs and self._distill_log is not None:
+            totals = self._distill_log.to(self.args.device)  # type: ignore[attr-defined]
+            if self.accelerator.num_processes > 1:  # type: ignore[attr-defined]
+                totals = self.accelerator.reduce(totals, reduction="sum")  # type: ignore[attr-defined]
+            logs["distill_loss"] = float(totals[0] / totals[1].clamp(min=1))
+            self._distill_log = None
+        super().log(logs, *args, **kwargs)  # type: ignore[misc]
+
+    # ---- state -------------------------------------------------------------------------------------------------
+    def save_retention_state(self, checkpoint_dir: str) -> None:
+        if self._distill_on and self.args.should_save:  # type: ignore[attr-defined]
+            cfg = self.retention
+            state: dict[str, Any] = {"teacher": cfg.distill_teacher, "mode": self._distill_mode, "snapshot": None}
+            if self._distill_mode == "model" and cfg.distill_teacher == "base" and self._distill_snapshot_file:
+                state["snapshot"] = os.path.relpath(self._distill_snapshot_file, checkpoint_dir)
+            if cfg.distill_teacher in ("path", "offline"):
+                state["path"] = cfg.distill_teacher_path
+            with open(os.path.join(checkpoint_dir, STATE_FILE), "w") as f:
+                json.dump(state, f, indent=2)
+        super().save_retention_state(checkpoint_dir)
+
+    def load_retention_state(self, checkpoint_dir: str) -> None:
+        super().load_retention_state(checkpoint_dir)
+        if not self._distill_on or self._distill_mode != "model" or self.retention.distill_teacher != "base":
+            return
+        state_path = os.path.join(checkpoint_dir, STATE_FILE)
+        relative = None
+        if os.path.isfile(state_path):
+            with open(state_path) as f:
+                relative = json.load(f).get("snapshot")
+        if not relative:
+            logger.warning(
+                "hf_retain: %s has no saved distillation teacher; distilling toward the model as passed to the "
+                "Trainer (correct only if that is the original, pre-training model).", checkpoint_dir,
+            )
+            return
+        snapshot = os.path.normpath(os.path.join(checkpoint_dir, relative))
+        if not os.path.isfile(snapshot):
+            raise TeacherError(
+                f"resuming from {checkpoint_dir} needs the teacher snapshot taken when training first began, "
+                f"expected at {snapshot} (written once per run). Restore that file, or set distill_teacher='path' "
+                "with distill_teacher_path=<the original model>."
+            )
+        from safetensors.torch import load_model
+
+        load_model(self._distill_teacher, snapshot)
+        self._distill_snapshot_file = os.path.abspath(snapshot)
+

@@ -1,0 +1,286 @@
+"""Where the teacher ("the model as it was") comes from, and how a teacher forward yields its final hidden states.
+
+Three kinds, chosen by `RetentionConfig.distill_teacher`:
+
+* ``base`` on a PEFT model: the *same* model with its adapters disabled (``with model.disable_adapter():``), so no
+  second copy exists; on a full fine-tune: a frozen snapshot taken at train begin (`snapshot_teacher`), optionally
+  on another device or in bf16, after checking there is room for it.
+* ``path``: another checkpoint with the same vocabulary (`load_path_teacher`).
+* ``offline``: no model at all, cached top-k log-probs (`hf_retain.distill.cache`).
+
+Online teachers never produce full-vocabulary logits: we capture the output of the teacher's backbone (the input of
+its LM head) and TRL's chunked divergence projects it tile by tile.
+
+Example:
+    >>> from hf_retain import build_tiny_model
+    >>> from hf_retain.distill.teachers import snapshot_teacher
+    >>> student = build_tiny_model(num_hidden_layers=1)
+    >>> teacher = snapshot_teacher(student)
+    >>> teacher is not student, teacher.training, next(teacher.parameters()).requires_grad
+    (True, False, False)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import inspect
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "TeacherError",
+    "available_bytes",
+    "backbone_of",
+    "capture_backbone_output",
+    "causal_lm_of",
+    "check_same_vocab",
+    "is_peft",
+    "load_path_teacher",
+    "logit_transform",
+    "snapshot_teacher",
+    "teacher_hidden_states",
+]
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class TeacherError(ValueError):
+    """The requested teacher cannot be built (vocabulary mismatch, no room for a snapshot, unsupported layout)."""
+
+
+def is_peft(model: Any) -> bool:
+    from accelerate.utils import is_peft_model
+
+    return is_peft_model(model)
+
+
+def causal_lm_of(model: Any) -> nn.Module:
+    """The transformers causal-LM module under a PEFT wrapper (or the model itself)."""
+    return model.get_base_model() if is_peft(model) else model
+
+
+def backbone_of(model: Any) -> nn.Module:
+    """The module whose output is the LM head's input (``LlamaModel`` inside ``LlamaForCausalLM``)."""
+    lm = causal_lm_of(model)
+    backbone = getattr(lm, "base_model", None)
+    if backbone is None or backbone is lm:
+        raise TeacherError(
+            f"{type(lm).__name__} exposes no backbone (`base_model`) separate from its LM head, so its final hidden "
+            "states cannot be captured; distillation supports transformers causal LMs (…ForCausalLM)."
+        )
+    return backbone
+
+
+def lm_head_of(model: Any) -> nn.Module:
+    head = causal_lm_of(model).get_output_embeddings()
+    if head is None:
+        raise TeacherError(f"{type(model).__name__} has no output embeddings (LM head) to distil through.")
+    return head
+
+
+def logit_transform(model: Any) -> tuple[float, float | None]:
+    """``(logit_scale, final_logit_softcapping)`` the model applies after its LM head.
+
+    TRL reads the same config fields inline in its DistillationTrainer (no public helper), so we read them here.
+    """
+    config = causal_lm_of(model).config.get_text_config()
+    scale = getattr(config, "logit_scale", None)
+    if scale is None:
+        scale = getattr(config, "output_multiplier", None)
+    if scale is None:
+        scale = getattr(config, "lm_head_multiplier", None)
+    if scale is None and getattr(config, "logits_scaling", None) is not None:
+        scale = config.logits_scaling if config.model_type == "hyperclovax" else 1 / config.logits_scaling
+    return (1.0 if scale is None else float(scale)), getattr(config, "final_logit_softcapping", None)
+
+
+def vocab_rows(model: Any) -> int:
+    """Rows of the LM head (the size of the next-token distribution), read before any sharding."""
+    weight = lm_head_of(model).weight
+    shape = getattr(weight, "ds_shape", None) or weight.shape
+    return int(shape[0])
+
+
+def check_same_vocab(student: Any, teacher: Any, student_tokenizer: Any = None, teacher_tokenizer: Any = None) -> None:
+    """Raise `TeacherError` unless both models predict over the same vocabulary (same size, same token ids)."""
+    s_rows, t_rows = vocab_rows(student), vocab_rows(teacher)
+    if s_rows != t_rows:
+        raise TeacherError(
+            f"teacher vocabulary ({t_rows} LM-head rows) differs from the student's ({s_rows}); distillation "
+            "compares next-token distributions token by token, so both must share one tokenizer and vocabulary. "
+            "Use a teacher from the same model family, or distill_teacher='base'."
+        )
+    if student_tokenizer is not None and teacher_tokenizer is not None:
+        s_vocab, t_vocab = student_tokenizer.get_vocab(), teacher_tokenizer.get_vocab()
+        if s_vocab != t_vocab:
+            differ = sorted(set(s_vocab.items()) ^ set(t_vocab.items()))[:3]
+            raise TeacherError(
+                f"teacher and student tokenizers map tokens to different ids (e.g. {differ}); distillation needs "
+                "one shared vocabulary. Use a teacher trained with the student's tokenizer."
+            )
+
+
+# ---- memory ----------------------------------------------------------------------------------------------------
+def available_bytes(device: torch.device | str) -> int | None:
+    """Free memory on ``device`` (CUDA: driver free memory; CPU: MemAvailable), or None when unknown."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    if device.type == "cpu":
+        try:
+            with open("/proc/meminfo") as f:
+                for line in f:
+                    if line.startswith("MemAvailable:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            return None
+    return None
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def snapshot_bytes(model: nn.Module, dtype: torch.dtype | None = None) -> int:
+    """Bytes a frozen copy of ``model`` takes (floating parameters in ``dtype``, if given)."""
+    seen: set[int] = set()
+    total = 0
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if id(tensor) in seen:
+            continue
+        seen.add(id(tensor))
+        size = dtype.itemsize if (dtype is not None and tensor.is_floating_point()) else tensor.element_size()
+        total += tensor.numel() * size
+    return total
+
+
+def snapshot_teacher(
+    model: nn.Module, *, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
+    headroom: float = 0.9,
+) -> nn.Module:
+    """A frozen copy of ``model`` (eval mode, no gradients), built directly on ``device`` in ``dtype``.
+
+    Parameters are copied one by one onto the target device (tied weights stay tied), so a CPU snapshot of a GPU
+    model never needs room for a second copy on the GPU. Raises `TeacherError` stating the memory needed when the
+    target device does not have it.
+    """
+    if is_peft(model):
+        raise TeacherError("a PEFT model needs no snapshot: its teacher is the same model with adapters disabled.")
+    dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    source = next(model.parameters()).device
+    target = torch.device(device) if device is not None else source
+    need = snapshot_bytes(model, dtype)
+    free = available_bytes(target)
+    if free is not None and need > headroom * free:
+        raise TeacherError(
+            f"no room for the frozen teacher snapshot distill_teacher='base' needs for a full fine-tune: it takes "
+            f"{_gib(need)} on {target}, and only {_gib(free)} is free. Options: train a PEFT adapter (the teacher is "
+            "then the same model with adapters disabled: no copy), set distill_teacher_dtype='bfloat16', "
+            "distill_teacher_device='cpu', or precompute an offline teacher (`hf-retain distill-cache`, "
+            "distill_teacher='offline')."
+        )
+    if any(hasattr(p, "ds_id") for p in model.parameters()):
+        raise TeacherError(
+            "the model was loaded already partitioned by DeepSpeed ZeRO-3 (zero.Init), so no rank holds the full "
+            "weights to snapshot; set distill_teacher='path' with distill_teacher_path=<the checkpoint you loaded> "
+            "(it is then loaded and partitioned for inference under ZeRO-3, as TRL does for its teachers)."
+        )
+    memo: dict[int, Any] = {}
+    for param in model.parameters():
+        if id(param) not in memo:
+            data = param.detach().to(device=target, dtype=dtype if param.is_floating_point() else None, copy=True)
+            memo[id(param)] = nn.Parameter(data, requires_grad=False)
+    for buffer in model.buffers():
+        if id(buffer) not in memo:
+            memo[id(buffer)] = buffer.detach().to(device=target, copy=True)
+    teacher = copy.deepcopy(model, memo)
+    # An instance-level `forward` (TRL's fused LM head patches one in) is a closure over the *student's* original
+    # forward, so the copy would silently run the student; the teacher needs only its class's plain forward.
+    teacher.__dict__.pop("forward", None)
+    teacher.eval()
+    teacher.requires_grad_(False)
+    return teacher
+
+
+def load_path_teacher(
+    path: str, student: Any, *, student_tokenizer: Any = None, device: str | torch.device | None = None,
+    dtype: str | torch.dtype | None = None,
+) -> nn.Module:
+    """Load the causal LM at ``path`` as a frozen teacher and check it shares the student's vocabulary."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
+    if dtype is None:
+        dtype = next(causal_lm_of(student).parameters()).dtype
+    try:
+        teacher = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except (OSError, ValueError) as err:
+        raise TeacherError(f"could not load the teacher checkpoint distill_teacher_path={path!r}: {err}") from err
+    teacher_tokenizer = None
+    if student_tokenizer is not None:
+        try:
+            teacher_tokenizer = AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError, TypeError):
+            logger.info("hf_retain: %s has no tokenizer files; checked the vocabulary size only.", path)
+    check_same_vocab(student, teacher, student_tokenizer, teacher_tokenizer)
+    if device is not None:
+        teacher.to(device)
+    teacher.eval()
+    teacher.requires_grad_(False)
+    return teacher
+
+
+# ---- teacher forward -------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def capture_backbone_output(model: Any, store: dict[str, Any], key: str = "hidden") -> Iterator[None]:
+    """Record the backbone's output (the LM head's input) of the next forward into ``store[key]``."""
+
+    def hook(_module: nn.Module, _args: Any, output: Any) -> None:
+        hidden = output[0] if isinstance(output, (tuple, list)) else output.last_hidden_state
+        store.setdefault(key, hidden)
+
+    handle = backbone_of(model).register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _accepts(model: Any, name: str) -> bool:
+    try:
+        return name in inspect.signature(causal_lm_of(model).forward).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+@torch.no_grad()
+def teacher_hidden_states(teacher: Any, inputs: dict[str, Any], *, disable_adapters: bool = False) -> torch.Tensor:
+    """Final hidden states ``[B, T, H]`` of ``teacher`` on ``inputs`` (no gradients, dropout off).
+
+    The forward goes through the model's own ``forward`` so FSDP2 and DeepSpeed ZeRO-3 gather their shards as in
+    training; ``logits_to_keep=1`` makes the LM head project one position only: the divergence projects the rest in
+    chunks. With ``disable_adapters`` the PEFT adapters are off for this call (the ``base`` teacher of a PEFT model).
+    """
+    store: dict[str, Any] = {}
+    kwargs = dict(inputs, use_cache=False)
+    if _accepts(teacher, "logits_to_keep"):
+        kwargs["logits_to_keep"] = 1
+    was_training = teacher.training
+    teacher.eval()
+    try:
+        adapters_off = teacher.disable_adapter() if disable_adapters else contextlib.nullcontext()
+        with adapters_off, capture_backbone_output(teacher, store):
+            teacher(**kwargs)
+    finally:
+        teacher.train(was_training)
+    if "hidden" not in store:
+        raise TeacherError("the teacher's forward never ran its backbone; cannot read its hidden states.")
+    return store["hidden"]
