@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-os.environ.setdefault("WANDB_DISABLED", "true")
+# The environment (offline, quiet, CPU) is set in the repository's root conftest.py.
+
+# tests/distributed/ holds scripts that `run_distributed` launches; importing them (as --doctest-modules would)
+# runs them.
+collect_ignore_glob = ["distributed/*"]
 
 REPO = Path(__file__).resolve().parents[1]
 DISTRIBUTED_SCRIPTS = Path(__file__).resolve().parent / "distributed"

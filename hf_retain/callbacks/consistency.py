@@ -24,12 +24,12 @@ Python warning carry the finding.
 from __future__ import annotations
 
 import logging
-import sys
 import warnings
 from typing import Any
 
 from transformers import TrainerCallback
 
+from hf_retain.callbacks._handler import calling_handler
 from hf_retain.lineage.finetune import FinetuneOptimizer, finetune_optimizer
 from hf_retain.lineage.info import OptimizerInfo, canonical_optimizer_name, same_family
 from hf_retain.lineage.reader import lookup_pretraining_optimizer
@@ -160,7 +160,7 @@ class OptimizerConsistencyCallback(TrainerCallback):
                  "lineage/finetune_optimizer": finding["finetune_optimizer"] or "unknown",
                  "lineage/status": finding["status"], "step": state.global_step}
         state.log_history.append(entry)
-        handler = _calling_callback_handler()
+        handler = calling_handler(self)
         if handler is not None:
             try:
                 handler.on_log(args, state, control, logs=dict(metrics))
@@ -189,21 +189,6 @@ def _mitigate(optimizer: Any, lr_scheduler: Any, retention: Any) -> str:
         lr_scheduler.base_lrs = [lr * lr_scale for lr in lr_scheduler.base_lrs]
     return (f"mismatch_mitigation: scaled the learning rate by {lr_scale} and weight decay by {wd_scale} "
             f"in {len(groups)} parameter group(s).")
-
-
-def _calling_callback_handler() -> Any:
-    """transformers' CallbackHandler that is dispatching the current event, found on the call stack (or None)."""
-    from transformers.trainer_callback import CallbackHandler
-
-    frame = sys._getframe(1)
-    for _ in range(6):
-        if frame is None:
-            return None
-        candidate = frame.f_locals.get("self")
-        if isinstance(candidate, CallbackHandler):
-            return candidate
-        frame = frame.f_back
-    return None
 
 
 def describe_finetune(used: FinetuneOptimizer | None) -> str:

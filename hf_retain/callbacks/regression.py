@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import logging
 import math
-import sys
 from collections.abc import Mapping
 from typing import Any
 
 import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
-from transformers.trainer_callback import CallbackHandler, ExportableState
+from transformers.trainer_callback import ExportableState
 
+from hf_retain.callbacks._handler import calling_handler
 from hf_retain.distributed import broadcast_object, is_distributed, rank
 from hf_retain.evaluation.suite import (
     RetentionSuite,
@@ -303,7 +303,7 @@ class RegressionEarlyStoppingCallback(TrainerCallback, ExportableState):
         if state.epoch is not None:
             logs["epoch"] = state.epoch
         state.log_history.append({**logs, "step": state.global_step})
-        handler = _calling_handler(self)
+        handler = calling_handler(self)
         if handler is not None:
             handler.on_log(args, state, control, logs=logs)
         if rank() == 0:
@@ -327,20 +327,6 @@ def _as_baseline(baseline: SuiteResult | Mapping[str, Any] | str | None) -> dict
     if isinstance(baseline, Mapping):
         return SuiteResult.from_dict(baseline).to_dict()
     raise TypeError(f"baseline must be a SuiteResult, its to_dict() output or a JSON path, got {type(baseline)}.")
-
-
-def _calling_handler(callback: TrainerCallback) -> CallbackHandler | None:
-    """The CallbackHandler whose event dispatch is running us: transformers passes callbacks no reference to the
-    Trainer or the handler, and the handler is what reaches the reporting integrations."""
-    frame = sys._getframe(1)
-    for _ in range(8):
-        if frame is None:
-            break
-        owner = frame.f_locals.get("self")
-        if isinstance(owner, CallbackHandler) and any(cb is callback for cb in owner.callbacks):
-            return owner
-        frame = frame.f_back
-    return None
 
 
 def _is_zero3(model: Any) -> bool:
