@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import json
+import textwrap
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -139,7 +140,7 @@ class RetentionReport:
         ax.axhline(0.0, color="grey", linewidth=0.8)
         ax.set_xlabel("learning: domain loss decrease (nats/token)")
         ax.set_ylabel("forgetting: general loss increase (nats/token)")
-        ax.set_title(self.title)
+        ax.set_title(textwrap.fill(self.title, 70), fontsize=9)
         ax.grid(alpha=0.3)
         fig.tight_layout()
         out = Path(path)
