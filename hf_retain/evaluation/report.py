@@ -16,9 +16,9 @@ Example:
 from __future__ import annotations
 
 import json
-import textwrap
 import math
 import os
+import textwrap
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
