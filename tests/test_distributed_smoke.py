@@ -8,7 +8,9 @@ pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 
 def results(proc):
-    rows = [json.loads(line[len("RESULT "):]) for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    # Both ranks print to one pipe, so their lines can interleave: decode each JSON object after a "RESULT " marker.
+    decoder = json.JSONDecoder()
+    rows = [decoder.raw_decode(chunk)[0] for chunk in proc.stdout.split("RESULT ")[1:]]
     assert sorted(r["rank"] for r in rows) == [0, 1], proc.stdout
     return rows
 
