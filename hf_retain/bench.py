@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,18 @@ def pretrained_tiny_model(settings: BenchSettings | None = None, optimizer: str 
     return target
 
 
+def _quiet_libraries() -> None:
+    """Keep the training progress bar; drop the per-map and per-file bars of datasets and the hub."""
+    import datasets
+    from huggingface_hub.utils import disable_progress_bars
+    from transformers.utils import logging as hf_logging
+
+    datasets.disable_progress_bars()
+    disable_progress_bars()
+    hf_logging.set_verbosity_error()
+    warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.*deprecated", category=FutureWarning)
+
+
 def run_retention_benchmark(
     output_dir: str | os.PathLike[str],
     settings: BenchSettings | None = None,
@@ -146,7 +159,6 @@ def run_retention_benchmark(
     your own, they are pretrained into ``output_dir/pretrained``."""
     from hf_retain.compare import Task, parse_arm, run_arm
     from hf_retain.data.corpora import write_builtin_corpora
-    from hf_retain.demo import _quiet_libraries
     from hf_retain.train import load_text_dataset
 
     settings = settings or BenchSettings()

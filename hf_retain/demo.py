@@ -19,7 +19,6 @@ Example:
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import replace
 
 from hf_retain.bench import BenchSettings, run_retention_benchmark
@@ -34,18 +33,6 @@ DEMO_METHODS = ("plain", "replay", "replay+distill")
 def demo_settings(quick: bool = False) -> BenchSettings:
     base = BenchSettings.quick() if quick else BenchSettings()
     return replace(base, pretrain_optimizers=("adamw",), finetune_optimizers=("adamw",), methods=DEMO_METHODS)
-
-
-def _quiet_libraries() -> None:
-    """Keep the training progress bar; drop the per-map and per-file bars of datasets and the hub."""
-    import datasets
-    from huggingface_hub.utils import disable_progress_bars
-    from transformers.utils import logging as hf_logging
-
-    datasets.disable_progress_bars()
-    disable_progress_bars()
-    hf_logging.set_verbosity_error()
-    warnings.filterwarnings("ignore", message=r".*gradient_checkpointing.*deprecated", category=FutureWarning)
 
 
 def run_demo(output_dir: str | os.PathLike[str] = "hf_retain_demo", *, quick: bool = False) -> RetentionReport:
