@@ -57,7 +57,13 @@ _EXPORTS: dict[str, str] = {
     "DistillationMixin": "hf_retain.distill",
     "OfflineTeacherCache": "hf_retain.distill",
     "TeacherError": "hf_retain.distill",
+    "TeacherMode": "hf_retain.distill",
     "build_distill_cache": "hf_retain.distill",
+    "chunked_divergence_sum": "hf_retain.distill",
+    "load_path_teacher": "hf_retain.distill",
+    "offline_divergence_sum": "hf_retain.distill",
+    "snapshot_teacher": "hf_retain.distill",
+    "teacher_hidden_states": "hf_retain.distill",
     # replay and mixing (issue 7)
     "CurriculumCallback": "hf_retain.callbacks.curriculum",
     "CurriculumSchedule": "hf_retain.replay.curriculum",

@@ -1,9 +1,10 @@
 """DistillationMixin under DDP, FSDP2 and DeepSpeed ZeRO-3, 2 CPU processes each, in two launches.
 
 The launched script (tests/distributed/distill_trainer.py) trains a full fine-tune with the snapshot teacher on
-replayed rows only (rank 0 replays every row, rank 1 none) and a PEFT model whose teacher is itself with adapters
-disabled. Every engine must give the same losses as DDP, the ranks must agree, the teacher must be sharded like the
-student, and the distillation loss must start at 0 (student == teacher) and then grow.
+replayed rows only (rank 0 replays every row, rank 1 none), a PEFT model whose teacher is itself with adapters
+disabled, and a full fine-tune with an offline (top-k cache) teacher. Every engine must give the same losses as DDP,
+the ranks must agree, the teacher must be sharded like the student, and the distillation loss must start at 0
+(student == teacher) and then grow.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ def results(run_distributed):
 
 @pytest.mark.parametrize("backend", ["ddp", "fsdp2", "zero3"])
 def test_engine(results, backend):
-    for phase in ("snapshot_replay", "peft_base"):
+    for phase in ("snapshot_replay", "peft_base", "offline"):
         ranks = [results[(backend, phase, rank)] for rank in (0, 1)]
         for row in ranks:
             assert row["world"] == 2 and len(row["losses"]) == 3
@@ -43,6 +44,8 @@ def test_engine(results, backend):
         assert ranks[0]["losses"] == pytest.approx(reference["losses"], rel=1e-5)
         assert ranks[0]["distill"] == pytest.approx(reference["distill"], rel=1e-3, abs=1e-7)
 
+    offline = results[(backend, "offline", 0)]
+    assert offline["mode"] == "offline" and offline["teacher"] is None
     snapshot = results[(backend, "snapshot_replay", 0)]
     peft = results[(backend, "peft_base", 0)]
     assert snapshot["mode"] == "model" and peft["mode"] == "adapters" and peft["teacher"] is None

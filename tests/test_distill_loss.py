@@ -317,7 +317,7 @@ def test_sft_completion_only_with_fused_head(tiny_tokenizer, tmp_path):
 def test_chunked_divergence_over_several_tiles_matches_full_logits(beta):
     """More tokens than one CPU tile holds, and a vocabulary narrower than TRL's 32k tiles: same value and gradient
     as the full-logits divergence."""
-    from hf_retain.distill.mixin import _TORCH_TILE_ELEMENTS, chunked_divergence_sum
+    from hf_retain.distill.divergence import _TORCH_TILE_ELEMENTS, chunked_divergence_sum
 
     vocab, hidden, tokens = 259, 16, _TORCH_TILE_ELEMENTS // 259 + 300
     g = torch.Generator().manual_seed(0)
@@ -342,3 +342,138 @@ def test_chunked_divergence_over_several_tiles_matches_full_logits(beta):
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
     for a, b in zip(grads, torch.autograd.grad(want, (h_s, w_s))):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("beta", [0.0, 1.0, 0.3])
+@pytest.mark.parametrize("head", ["frozen", "trainable_with_bias"])
+def test_one_pass_divergence_equals_trls_two_pass_function(beta, head):
+    """Off Triton the divergence runs in one pass; it gives TRL's ChunkedDivergenceFunction's value and gradients
+    (hidden states, head weight, head bias), with logit scaling and soft-capping on both sides."""
+    from hf_retain.distill.divergence import _chunked_divergence_function, _OnePassDivergenceSum
+
+    vocab, hidden, tokens = 300, 24, 700  # several one-pass tiles; TRL's path folds the vocabulary too
+    g = torch.Generator().manual_seed(3)
+    h_s = torch.randn(tokens, hidden, generator=g, requires_grad=True)
+    h_t = torch.randn(tokens, hidden, generator=g)
+    w_s = torch.randn(vocab, hidden, generator=g) * 0.3
+    w_t = torch.randn(vocab, hidden, generator=g) * 0.3
+    b_s = b_t = None
+    if head == "trainable_with_bias":
+        w_s.requires_grad_(True)
+        b_s = (torch.randn(vocab, generator=g) * 0.1).requires_grad_(True)
+        b_t = torch.randn(vocab, generator=g) * 0.1
+    args = (h_s, w_s, b_s, h_t, w_t, b_t, beta, 1.3, 0.9, 20.0, 1.1, None)
+    inputs = [t for t in (h_s, w_s, b_s) if t is not None and t.requires_grad]
+    one = _OnePassDivergenceSum.apply(*args)
+    per_token, _ = _chunked_divergence_function().apply(*args)
+    two = per_token.sum()
+    torch.testing.assert_close(one, two, rtol=1e-5, atol=1e-5)
+    for a, b in zip(torch.autograd.grad(one * 2.5, inputs), torch.autograd.grad(two * 2.5, inputs)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("head_adapter", ["lora", "modules_to_save"])
+def test_peft_adapter_on_the_lm_head(tmp_path, head_adapter):
+    """An adapter that trains the LM head: the student projects through its adapted head, the teacher through the
+    original one; loss and the head adapter's gradients match the full-logits reference."""
+    from peft import LoraConfig, get_peft_model
+
+    base = build_tiny_model(num_hidden_layers=1, tie_word_embeddings=False)
+    if head_adapter == "lora":
+        config = LoraConfig(r=4, target_modules=["q_proj", "lm_head"], lora_dropout=0.0, lora_alpha=8)
+    else:
+        config = LoraConfig(r=4, target_modules=["q_proj"], modules_to_save=["lm_head"], lora_dropout=0.0)
+    model = get_peft_model(base, config)
+    trainer = make_trainer(model, tmp_path, RetentionConfig(distill_alpha=1.0, distill_divergence="reverse_kl"))
+    trainer._distill_begin(None)
+    perturb(model, scale=0.2)
+    head_params = [p for n, p in model.named_parameters() if "lm_head" in n and p.requires_grad]
+    assert head_params
+    batch = hand_batch()
+    model.train()
+    got = trainer.compute_loss(model, dict(batch)) - task_loss(trainer, batch)
+    got_grads = torch.autograd.grad(got, head_params)
+
+    x = {k: batch[k] for k in ("input_ids", "attention_mask")}
+    mask = batch["labels"][:, 1:] != -100
+    with torch.no_grad(), model.disable_adapter():
+        teacher_logits = model(**x).logits
+    want = reference_sum(model(**x).logits, teacher_logits, mask, "reverse_kl") / mask.sum()
+    assert want > 1e-4
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
+    for a, b in zip(got_grads, torch.autograd.grad(want, head_params)):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-7)
+
+
+def test_unsupported_head_adapter_and_sharded_adapted_head_are_refused(tmp_path, monkeypatch):
+    from peft import LoraConfig, get_peft_model
+
+    dora = get_peft_model(build_tiny_model(num_hidden_layers=1, tie_word_embeddings=False),
+                          LoraConfig(r=4, target_modules=["lm_head"], use_dora=True))
+    with pytest.raises(TeacherError, match="DoRA"):
+        make_trainer(dora, tmp_path, RetentionConfig(distill_alpha=1.0))._distill_begin(None)
+
+    lora = get_peft_model(build_tiny_model(num_hidden_layers=1, tie_word_embeddings=False),
+                          LoraConfig(r=4, target_modules=["lm_head"]))
+    trainer = make_trainer(lora, tmp_path, RetentionConfig(distill_alpha=1.0))
+    monkeypatch.setattr(trainer, "is_fsdp_enabled", True, raising=False)
+    with pytest.raises(TeacherError, match="not yet under FSDP"):
+        trainer._distill_begin(None)
+
+
+@pytest.mark.parametrize("beta", [0.0, 0.5])
+def test_offline_divergence_gradients_match_plain_autograd(beta):
+    """The offline divergence computes its gradients in the forward, tile by tile: they equal plain autograd's."""
+    from trl.experimental.gkd import GKDTrainer
+
+    from hf_retain.distill.divergence import LOG_FLOOR, _bucket_logprobs, offline_divergence_sum
+
+    vocab, hidden, tokens, k = 300, 16, 700, 5  # several tiles
+    g = torch.Generator().manual_seed(4)
+    h = torch.randn(tokens, hidden, generator=g, requires_grad=True)
+    w = (torch.randn(vocab, hidden, generator=g) * 0.3).requires_grad_(True)
+    b = (torch.randn(vocab, generator=g) * 0.1).requires_grad_(True)
+    t_logp = torch.log_softmax(torch.randn(tokens, vocab, generator=g), -1)
+    top, ids = t_logp.topk(k, dim=-1)
+    tail = torch.logsumexp(t_logp.scatter(-1, ids, float("-inf")), -1)
+    got = offline_divergence_sum(h, w, b, ids, top, tail, beta=beta, temperature=1.2, scale=0.9)
+    student = _bucket_logprobs(h, w, b, ids, 0.9, None, 1.2).clamp(min=LOG_FLOOR)
+    want = GKDTrainer.generalized_jsd_loss(student, torch.cat([top, tail[:, None]], -1), beta=beta,
+                                           temperature=1.0, num_items_in_batch=1)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    for a, c in zip(torch.autograd.grad(got * 3, (h, w, b)), torch.autograd.grad(want * 3, (h, w, b))):
+        torch.testing.assert_close(a, c, rtol=1e-4, atol=1e-6)
+
+
+def test_teacher_mode_switches_and_restores_exactly(tiny_model):
+    """TeacherMode flips eval mode and PEFT adapters for one forward and restores every module's own state; its
+    hidden states equal those of PEFT's disable_adapter() with eval()."""
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from hf_retain.distill.teachers import TeacherMode, teacher_hidden_states
+
+    model = get_peft_model(tiny_model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.1))
+    perturb(model, scale=0.2)
+    model.train()
+    frozen_norm = model.get_base_model().model.norm.eval()  # a module the user keeps in eval mode
+    layers = [m for m in model.modules() if isinstance(m, BaseTunerLayer)]
+    mode = TeacherMode(model, disable_adapters=True)
+    assert mode.fast and layers
+    with mode():
+        assert not any(m.training for m in model.modules())
+        assert all(layer.disable_adapters for layer in layers)
+    assert model.training and not frozen_norm.training and not any(layer.disable_adapters for layer in layers)
+    assert all(p.requires_grad for n, p in model.named_parameters() if "lora_" in n)  # untouched
+
+    x = {"input_ids": hand_batch()["input_ids"]}
+    fast = teacher_hidden_states(model, x, mode=mode)
+    mode.fast = False  # PEFT's disable_adapter() and eval()/train()
+    slow = teacher_hidden_states(model, x, mode=mode)
+    with torch.no_grad(), model.disable_adapter():
+        model.eval()
+        plain = model(**x, output_hidden_states=True).hidden_states[-1]
+        model.train()
+    torch.testing.assert_close(fast, slow, rtol=0, atol=0)
+    torch.testing.assert_close(fast, plain, rtol=1e-6, atol=1e-6)
+    assert model.training and not any(layer.disable_adapters for layer in layers)

@@ -39,3 +39,9 @@ def test_contract_functions_live_where_the_issues_say():
 
     assert callable(parse_model_card) and callable(create_optimizer) and callable(backward_transfer)
     assert RetentionMatrix([[1.0]]).num_tasks == 1
+
+
+def test_every_distill_name_is_exported_at_the_top_level():
+    import hf_retain.distill as distill
+
+    assert set(distill.__all__) - {"dataset_fingerprint", "tokenizer_fingerprint"} <= set(hf_retain.__all__)

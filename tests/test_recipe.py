@@ -143,3 +143,21 @@ def test_module_entry_point_trains_and_saves(tmp_path):
                           timeout=300, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-4000:]
     assert (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file()
+
+
+def test_lora_distill_recipe_distils_toward_the_adapters_off_model(tmp_path):
+    """recipes/sft_lora_distill.yaml: SFTTrainer wraps the model in LoRA, the teacher is that model with adapters
+    disabled (no copy), and the distillation loss is logged, ~0 at the first step."""
+    from hf_retain.train import run_recipe
+
+    data = tmp_path / "domain.txt"
+    data.write_text("\n".join(f"def f{i}(x):\n    return x * {i}" for i in range(64)), encoding="utf-8")
+    recipe = load_recipe(str(REPO / "recipes" / "sft_lora_distill.yaml"), [
+        "--model_name_or_path", "builtin:tiny-llama-init", "--dataset_name", str(data), "--eval_strategy", "no",
+        "--eval_dataset_name", "", "--output_dir", str(tmp_path / "out"), "--max_steps", "3", "--logging_steps", "1",
+        "--save_strategy", "no", "--per_device_train_batch_size", "4", "--max_length", "32",
+    ])
+    trainer = run_recipe(recipe)
+    assert trainer._distill_mode == "adapters" and trainer._distill_teacher is None
+    logged = [row["distill_loss"] for row in trainer.state.log_history if "distill_loss" in row]
+    assert len(logged) == 3 and logged[0] < 1e-6 < logged[-1]

@@ -40,22 +40,22 @@ Example (a full fine-tune: the teacher is a frozen snapshot taken when training 
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
 from hf_retain.distill.cache import DistillCacheError, OfflineTeacherCache
+from hf_retain.distill.divergence import LOG_FLOOR, chunked_divergence_sum, offline_divergence_sum
 from hf_retain.distill.teachers import (
     TeacherError,
+    TeacherMode,
     backbone_of,
+    head_parameters,
     is_peft,
-    lm_head_of,
     load_path_teacher,
     logit_transform,
     snapshot_teacher,
@@ -74,7 +74,6 @@ SNAPSHOT_FILE = "model.safetensors"
 # Keys of a batch that are targets or bookkeeping, not model inputs for the teacher's forward.
 _NON_INPUT_KEYS = ("labels", "shift_labels", "num_items_in_batch", "completion_mask", "assistant_masks",
                    REPLAY_MASK_KEY)
-_LOG_FLOOR = -1e4  # log-prob floor for empty buckets: exp() is exactly 0, so 0 * (finite) = 0 instead of NaN
 
 
 def _divergence_beta(divergence: str, beta: float) -> float:
@@ -98,142 +97,6 @@ def _to_device(inputs: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in inputs.items()}
 
 
-# Off-Triton (CPU), TRL's torch tiles create several full-tile temporaries per pass; cap a tile at this many elements.
-_TORCH_TILE_ELEMENTS = 2**18
-
-
-@contextlib.contextmanager
-def _vocab_wide_tiles(vocab: int, device: torch.device) -> Iterator[None]:
-    """Size TRL's tiles for this vocabulary and device while its kernel runs (tile sizes change no result).
-
-    TRL allocates its scratch tiles ``VOCAB_CHUNK_SIZE`` (32768) columns wide whatever the vocabulary, so a model with
-    a smaller vocabulary (byte-level, code models) would pay ``[tokens, 32768]`` fp32 buffers per model; and its torch
-    fallback (no Triton: CPU) materialises several temporaries of a whole ``[4096, 32768]`` tile, so there we also
-    take fewer tokens per tile.
-    """
-    from trl.kernels import chunked_divergence as kernel
-    from trl.kernels.chunked_logprob import _use_triton
-
-    vocab_tile, token_tile = kernel.VOCAB_CHUNK_SIZE, kernel.TOKEN_CHUNK_SIZE
-    kernel.VOCAB_CHUNK_SIZE = max(1, min(vocab_tile, int(vocab)))
-    if not _use_triton(device):
-        kernel.TOKEN_CHUNK_SIZE = max(32, min(token_tile, _TORCH_TILE_ELEMENTS // kernel.VOCAB_CHUNK_SIZE))
-    try:
-        yield
-    finally:
-        kernel.VOCAB_CHUNK_SIZE, kernel.TOKEN_CHUNK_SIZE = vocab_tile, token_tile
-
-
-def _chunked_divergence_function() -> type:
-    from trl.kernels.chunked_divergence import ChunkedDivergenceFunction
-
-    class TiledToVocab(ChunkedDivergenceFunction):
-        """TRL's ChunkedDivergenceFunction, run with vocabulary-wide tiles (forward and backward)."""
-
-        @staticmethod
-        def forward(ctx, *args):  # type: ignore[override]
-            weight = args[1]
-            ctx.hf_retain_vocab = int((getattr(weight, "ds_shape", None) or weight.shape)[0])
-            ctx.hf_retain_device = args[0].device
-            with _vocab_wide_tiles(ctx.hf_retain_vocab, ctx.hf_retain_device):
-                return ChunkedDivergenceFunction.forward(ctx, *args)
-
-        @staticmethod
-        def backward(ctx, *grads):  # type: ignore[override]
-            with _vocab_wide_tiles(ctx.hf_retain_vocab, ctx.hf_retain_device):
-                return ChunkedDivergenceFunction.backward(ctx, *grads)
-
-    return TiledToVocab
-
-
-def chunked_divergence_sum(
-    student_hidden: torch.Tensor, teacher_hidden: torch.Tensor, student_weight: torch.Tensor,
-    teacher_weight: torch.Tensor, mask: torch.Tensor, beta: float, *, student_bias: torch.Tensor | None = None,
-    teacher_bias: torch.Tensor | None = None, student_scale: float = 1.0, teacher_scale: float = 1.0,
-    student_softcap: float | None = None, teacher_softcap: float | None = None, temperature: float = 1.0,
-) -> torch.Tensor:
-    """Sum over ``mask`` positions of TRL's generalized JSD (beta 0 = forward KL, 1 = reverse KL) between the student's
-    and the teacher's next-token distributions, from hidden states ``[B, K, H]`` and LM heads ``[V, H]``.
-
-    The math is TRL's ChunkedDivergenceFunction (Triton kernels on GPU, torch tiles elsewhere); this wrapper differs
-    from TRL's private ``_chunked_divergence_loss`` in two memory details: tiles are at most vocabulary-wide (see
-    `_vocab_wide_tiles`) and only the masked positions are projected on every device (TRL projects all positions
-    off-Triton to avoid recompilation on Neuron, which does not apply here).
-    """
-    from torch.distributed.tensor import DTensor
-
-    # FSDP2 outside the root forward: gather the head once (differentiably), as TRL does.
-    if isinstance(student_weight, DTensor):
-        student_weight = student_weight.full_tensor().to(student_hidden.dtype)
-        student_bias = student_bias.full_tensor() if student_bias is not None else None
-    if isinstance(teacher_weight, DTensor):
-        teacher_weight = teacher_weight.full_tensor().to(teacher_hidden.dtype)
-        teacher_bias = teacher_bias.full_tensor() if teacher_bias is not None else None
-    valid = mask.reshape(-1).to(student_hidden.device)
-    h_s = student_hidden.reshape(-1, student_hidden.shape[-1])[valid]
-    h_t = teacher_hidden.reshape(-1, teacher_hidden.shape[-1])[valid.to(teacher_hidden.device)].to(h_s.device)
-    per_token, _entropy = _chunked_divergence_function().apply(
-        h_s, student_weight, student_bias, h_t, teacher_weight, teacher_bias, beta, temperature, student_scale,
-        student_softcap, teacher_scale, teacher_softcap,
-    )
-    return per_token.sum()
-
-
-def _bucket_logprobs(
-    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ids: torch.Tensor, scale: float,
-    softcap: float | None, temperature: float,
-) -> torch.Tensor:
-    """Student log-probs over the teacher's top-k buckets plus the tail bucket: ``[n, k + 1]``."""
-    logits = hidden.float() @ weight.float().t()
-    if bias is not None:
-        logits = logits + bias.float()
-    logits = logits * scale
-    if softcap is not None:
-        logits = softcap * torch.tanh(logits / softcap)
-    logprobs = torch.log_softmax(logits / temperature, dim=-1)
-    top = logprobs.gather(-1, ids)
-    tail = torch.logsumexp(logprobs.scatter(-1, ids, float("-inf")), dim=-1, keepdim=True)
-    return torch.cat([top, tail], dim=-1)
-
-
-def offline_divergence_sum(
-    hidden: torch.Tensor, lm_head: nn.Module, teacher_ids: torch.Tensor, teacher_logprobs: torch.Tensor,
-    teacher_tail: torch.Tensor, *, beta: float, temperature: float, scale: float = 1.0,
-    softcap: float | None = None, chunk: int = 1024,
-) -> torch.Tensor:
-    """Sum over positions of D(teacher || student) on ``top_k + 1`` buckets (offline teacher).
-
-    TRL's chunked kernel needs the teacher's hidden states and LM head, which an offline cache does not have, so the
-    student is projected here, in token chunks under activation checkpointing (one ``[chunk, V]`` tile alive at a
-    time); the divergence itself is TRL's GKD ``generalized_jsd_loss`` applied to the bucket log-probs.
-    """
-    import warnings
-
-    from torch.utils.checkpoint import checkpoint
-
-    with warnings.catch_warnings():  # TRL flags its experimental namespace; GKD's divergence itself is stable
-        warnings.simplefilter("ignore")
-        from trl.experimental.gkd import GKDTrainer
-
-    weight, bias = lm_head.weight, getattr(lm_head, "bias", None)
-    if isinstance(weight, torch.distributed.tensor.DTensor):
-        weight = weight.full_tensor()
-        bias = bias.full_tensor() if bias is not None else None
-    if hidden.shape[0] == 0:
-        return (hidden.sum() * 0.0 + weight.sum() * 0.0).float()
-    parts = [
-        checkpoint(_bucket_logprobs, hidden[a:a + chunk], weight, bias, teacher_ids[a:a + chunk], scale, softcap,
-                   temperature, use_reentrant=False)
-        for a in range(0, hidden.shape[0], chunk)
-    ]
-    student = torch.cat(parts).clamp(min=_LOG_FLOOR)
-    teacher = torch.cat([teacher_logprobs.float(), teacher_tail.float().unsqueeze(-1)], dim=-1).clamp(min=_LOG_FLOOR)
-    # Buckets are already normalised at the training temperature, so temperature=1 here (log_softmax is a no-op);
-    # num_items_in_batch=1 makes it return the plain sum, which we normalise like the task loss.
-    return GKDTrainer.generalized_jsd_loss(student, teacher.to(student.device), beta=beta, temperature=1.0,
-                                           num_items_in_batch=1)
-
-
 class DistillationMixin(RetentionMixin):
     """Adds ``distill_alpha * D(teacher || student)`` to any Trainer's loss; a strict no-op when distill_alpha is 0.
 
@@ -242,7 +105,9 @@ class DistillationMixin(RetentionMixin):
     """
 
     _distill_mode: str | None = None  # "adapters" | "model" | "offline"
-    _distill_teacher: Any = None
+    _distill_teacher: Any = None  # as prepared for the engine (a DeepSpeed engine under ZeRO-3)
+    _distill_teacher_module: Any = None  # the teacher model itself
+    _distill_teacher_mode: TeacherMode | None = None
     _distill_cache: OfflineTeacherCache | None = None
     _distill_prepared: bool = False
     _distill_snapshot_file: str | None = None
@@ -263,18 +128,15 @@ class DistillationMixin(RetentionMixin):
         cfg = self.retention
         student = self.model  # type: ignore[attr-defined]
         self._distill_prepared, self._distill_teacher, self._distill_cache = False, None, None
+        self._distill_teacher_module = self._distill_teacher_mode = None
         self._distill_log = None
-        lm_head = lm_head_of(student)
-        if is_peft(student):
-            from peft.tuners.tuners_utils import BaseTunerLayer
-            from peft.utils import ModulesToSaveWrapper
-
-            if isinstance(lm_head, (BaseTunerLayer, ModulesToSaveWrapper)):
-                raise TeacherError(
-                    "the PEFT config adapts the LM head (target_modules or modules_to_save include it), so the "
-                    "student's head is not one weight matrix the divergence can project through; leave the LM head "
-                    "out of the adapter (target_modules / modules_to_save) to distil this model."
-                )
+        student_head = head_parameters(student)[0]  # raises for head adapters it cannot project through
+        if student_head is not head_parameters(student, adapters=False)[0] and self._sharded():
+            raise TeacherError(
+                "the PEFT adapter trains the LM head (LoRA or modules_to_save on it), which distillation supports in "
+                "one process and under DDP, not yet under FSDP or DeepSpeed ZeRO-3; leave the head out of the adapter "
+                "or train with DDP."
+            )
         if cfg.distill_teacher == "base" and is_peft(student):
             self._distill_mode = "adapters"
         elif cfg.distill_teacher == "base":
@@ -292,11 +154,6 @@ class DistillationMixin(RetentionMixin):
             )
         else:
             self._distill_mode = "offline"
-            if getattr(self, "is_deepspeed_enabled", False) and self._zero_stage() == 3:
-                raise TeacherError(
-                    "distill_teacher='offline' is not supported under DeepSpeed ZeRO-3 (the student's LM head is "
-                    "partitioned where the cached buckets are scored); use ZeRO-2, FSDP2, or an online teacher."
-                )
             cache = OfflineTeacherCache(str(cfg.distill_teacher_path))
             cache.check_compatible(
                 tokenizer=self._distill_tokenizer(), temperature=cfg.distill_temperature,
@@ -318,6 +175,11 @@ class DistillationMixin(RetentionMixin):
             return [list(r) for r in data["input_ids"]]
         except TypeError:  # an IterableDataset cannot be listed; rows are checked one by one while training
             return None
+
+    def _sharded(self) -> bool:
+        return bool(getattr(self, "is_fsdp_enabled", False)) or (
+            bool(getattr(self, "is_deepspeed_enabled", False)) and self._zero_stage() == 3
+        )
 
     def _zero_stage(self) -> int:
         plugin = getattr(self.accelerator.state, "deepspeed_plugin", None)  # type: ignore[attr-defined]
@@ -341,6 +203,8 @@ class DistillationMixin(RetentionMixin):
         self._distill_prepared = True
         teacher = self._distill_teacher
         if teacher is None:
+            if self._distill_mode == "adapters":
+                self._distill_teacher_mode = TeacherMode(self.model, disable_adapters=True)  # type: ignore[attr-defined]
             return
         if getattr(self, "is_deepspeed_enabled", False):
             from trl.models import prepare_deepspeed
@@ -353,6 +217,8 @@ class DistillationMixin(RetentionMixin):
             self._distill_teacher = prepare_fsdp(teacher, self.accelerator)  # type: ignore[attr-defined]
         elif self.retention.distill_teacher_device is None:
             teacher.to(self.args.device)  # type: ignore[attr-defined]
+        self._distill_teacher_module = self.accelerator.unwrap_model(self._distill_teacher)  # type: ignore[attr-defined]
+        self._distill_teacher_mode = TeacherMode(self._distill_teacher_module)
 
     # ---- loss --------------------------------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -396,7 +262,7 @@ class DistillationMixin(RetentionMixin):
             rows = torch.zeros(1, dtype=torch.long, device=mask.device)
         row_mask = mask.index_select(0, rows)
 
-        student = self.accelerator.unwrap_model(model)  # type: ignore[attr-defined]
+        student = self.model  # type: ignore[attr-defined]  # the unwrapped model (accelerate's unwrap costs ~4 ms)
         teacher_side = self._teacher_side(student, inputs, rows, batch, pre_shifted)
         if self._distill_mode == "offline":
             row_mask = row_mask & teacher_side["covered"].to(row_mask.device)
@@ -444,11 +310,11 @@ class DistillationMixin(RetentionMixin):
             return self._offline_targets(inputs, rows, pre_shifted)
         sub = _rows_of(inputs, rows, batch)
         if self._distill_mode == "adapters":
-            hidden = teacher_hidden_states(student, sub, disable_adapters=True)
+            hidden = teacher_hidden_states(student, sub, mode=self._distill_teacher_mode)
             return {"hidden": hidden, "model": student}
-        teacher = self.accelerator.unwrap_model(self._distill_teacher)  # type: ignore[attr-defined]
+        teacher = self._distill_teacher_module
         device = next(teacher.parameters()).device
-        hidden = teacher_hidden_states(teacher, _to_device(sub, device))
+        hidden = teacher_hidden_states(teacher, _to_device(sub, device), mode=self._distill_teacher_mode)
         return {"hidden": hidden, "model": teacher}
 
     def _offline_targets(self, inputs: dict[str, Any], rows: torch.Tensor, pre_shifted: bool) -> dict[str, Any]:
@@ -464,7 +330,7 @@ class DistillationMixin(RetentionMixin):
         n_rows, width = input_ids.shape
         k = cache.top_k
         ids = torch.zeros(n_rows, width - 1, k, dtype=torch.long)
-        logprobs = torch.full((n_rows, width - 1, k), _LOG_FLOOR)
+        logprobs = torch.full((n_rows, width - 1, k), LOG_FLOOR)
         tail = torch.zeros(n_rows, width - 1)
         covered = torch.zeros(n_rows, width - 1, dtype=torch.bool)
         for r in range(n_rows):
@@ -493,28 +359,27 @@ class DistillationMixin(RetentionMixin):
             hidden = hidden.index_select(0, rows.to(hidden.device))
             if not pre_shifted:
                 hidden = hidden[:, :-1]
-            head = lm_head_of(student)
+            weight, bias = head_parameters(student)
             scale, softcap = logit_transform(student)
             mask = row_mask.to(hidden.device)
             if self._distill_mode == "offline":
                 total = offline_divergence_sum(
-                    hidden[mask], head, teacher_side["ids"].to(hidden.device)[mask],
+                    hidden[mask], weight, bias, teacher_side["ids"].to(hidden.device)[mask],
                     teacher_side["logprobs"].to(hidden.device)[mask], teacher_side["tail"].to(hidden.device)[mask],
                     beta=beta, temperature=cfg.distill_temperature, scale=scale, softcap=softcap,
                 )
             else:
                 t_model = teacher_side["model"]
-                t_head = lm_head_of(t_model)
                 t_hidden = teacher_side["hidden"] if pre_shifted else teacher_side["hidden"][:, :-1]
-                # With the adapters teacher this is the student's own (frozen) head, passed as the same Parameter so
-                # ZeRO-3 gathers it once; the kernel returns no gradient for its teacher inputs.
-                t_weight, t_bias = t_head.weight, getattr(t_head, "bias", None)
+                # With the adapters teacher and an unadapted head this is the student's own (frozen) head, the same
+                # Parameter, so ZeRO-3 gathers it once; the kernel returns no gradient for its teacher inputs.
+                t_weight, t_bias = head_parameters(t_model, adapters=self._distill_mode != "adapters")
                 t_scale, t_softcap = logit_transform(t_model)
                 if not isinstance(t_weight, torch.distributed.tensor.DTensor) and t_weight.device != hidden.device:
                     t_weight = t_weight.to(hidden.device)  # a CPU-offloaded teacher head joins the student's device
                     t_bias = t_bias.to(hidden.device) if t_bias is not None else None
                 total = chunked_divergence_sum(
-                    hidden, t_hidden, head.weight, t_weight, mask, beta, student_bias=getattr(head, "bias", None),
+                    hidden, t_hidden, weight, t_weight, mask, beta, student_bias=bias,
                     teacher_bias=t_bias, student_scale=scale, teacher_scale=t_scale, student_softcap=softcap,
                     teacher_softcap=t_softcap, temperature=cfg.distill_temperature,
                 )

@@ -3,7 +3,8 @@
 Under a DeepSpeed launch it runs the ZeRO phases; under a plain multi-CPU launch it runs DDP phases, then switches
 the same processes to FSDP2 (our CPU shim) and runs the FSDP2 phases, so two launches cover three engines.
 Phases: a full fine-tune with the frozen snapshot teacher, distilling replayed rows only (rank 0 marks all its rows
-as replayed, rank 1 none: the ranks must not hang), and a PEFT model whose teacher is itself with adapters disabled.
+as replayed, rank 1 none: the ranks must not hang), a PEFT model whose teacher is itself with adapters disabled, and
+a full fine-tune with an offline teacher (a top-8 cache of the initial model, built by each rank before training).
 """
 
 import json
@@ -32,9 +33,12 @@ def collate(rows):
     return {"input_ids": ids, "labels": ids.clone(), REPLAY_MASK_KEY: replay}
 
 
+IDS = torch.randint(3, 259, (32, 16), generator=torch.Generator().manual_seed(0)).tolist()
+
+
 def run(phase, backend, model, retention, collator=None):
     torch.manual_seed(0)
-    ids = torch.randint(3, 259, (32, 16), generator=torch.Generator().manual_seed(0)).tolist()
+    ids = IDS
     args = TrainingArguments(
         output_dir=os.path.join(TMP, f"{backend}-{phase}"), max_steps=3, per_device_train_batch_size=2,
         report_to=[], logging_steps=1, save_strategy="no", seed=0, use_cpu=True, learning_rate=1e-2,
@@ -71,23 +75,37 @@ def peft_model():
                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
 
 
-def models():
+def offline_cache(backend):
+    """A top-8 cache of the initial model over the training rows, one folder per rank (same content)."""
+    from hf_retain import load_tiny_tokenizer
+    from hf_retain.distill import build_distill_cache
+
+    folder = os.path.join(TMP, f"cache-{backend}-rank{RANK}")
+    return build_distill_cache(build_tiny_model(seed=0, num_hidden_layers=2), IDS, folder,
+                               tokenizer=load_tiny_tokenizer(), top_k=8, batch_size=8)
+
+
+def models(backend):
     # Built before any TrainingArguments exists: under DeepSpeed a later model would be initialised inside
     # zero.Init (other random draws), and the engines' results would no longer be comparable.
-    return build_tiny_model(seed=0, num_hidden_layers=2), peft_model()
+    return build_tiny_model(seed=0, num_hidden_layers=2), peft_model(), build_tiny_model(seed=0, num_hidden_layers=2), \
+        offline_cache(backend)
 
 
-def phases(backend, full, peft):
+def phases(backend, full, peft, offline, cache):
     replay_cfg = RetentionConfig(distill_alpha=1.0, distill_on="replay", replay_ratio=0.5,
                                  replay_dataset="unused.jsonl")
     run("snapshot_replay", backend, full, replay_cfg, collate)
     run("peft_base", backend, peft, RetentionConfig(distill_alpha=1.0, distill_divergence="jsd"))
+    run("offline", backend, offline, RetentionConfig(distill_alpha=1.0, distill_teacher="offline",
+                                                     distill_teacher_path=cache))
 
 
 if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
-    phases("zero" + os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "?"), *models())
+    stage = "zero" + os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "?")
+    phases(stage, *models(stage))
 else:
-    first, second = models(), models()
+    first, second = models("ddp"), models("fsdp2")
     phases("ddp", *first)
     os.environ["ACCELERATE_USE_FSDP"] = "true"
     os.environ["FSDP_VERSION"] = "2"
