@@ -2,7 +2,8 @@
 
 The launched script (tests/distributed/distill_trainer.py) trains a full fine-tune with the snapshot teacher on
 replayed rows only (rank 0 replays every row, rank 1 none), a PEFT model whose teacher is itself with adapters
-disabled, and a full fine-tune with an offline (top-k cache) teacher. Every engine must give the same losses as DDP,
+disabled, a full fine-tune with an offline (top-k cache) teacher, and LoRA on the LM head (distilled under DDP,
+refused with a clear error under FSDP2 and ZeRO-3). Every engine must give the same losses as DDP,
 the ranks must agree, the teacher must be sharded like the student, and the distillation loss must start at 0
 (student == teacher) and then grow.
 """
@@ -44,6 +45,12 @@ def test_engine(results, backend):
         assert ranks[0]["losses"] == pytest.approx(reference["losses"], rel=1e-5)
         assert ranks[0]["distill"] == pytest.approx(reference["distill"], rel=1e-3, abs=1e-7)
 
+    head = [results[(backend, "peft_head", rank)] for rank in (0, 1)]
+    if backend == "ddp":  # LoRA on the LM head: trained and distilled, the ranks in step
+        assert head[0]["distill"][0] < 1e-6 < head[0]["distill"][-1]
+        assert head[0]["losses"] == pytest.approx(head[1]["losses"])
+    else:
+        assert all("not yet under FSDP or DeepSpeed ZeRO-3" in row["refused"] for row in head)
     offline = results[(backend, "offline", 0)]
     assert offline["mode"] == "offline" and offline["teacher"] is None
     snapshot = results[(backend, "snapshot_replay", 0)]

@@ -15,7 +15,7 @@ from datasets import Dataset
 from transformers import Trainer, TrainingArguments
 
 from hf_retain import RetentionConfig, build_tiny_model
-from hf_retain.distill import DistillationMixin
+from hf_retain.distill import DistillationMixin, TeacherError
 from hf_retain.mixin import REPLAY_MASK_KEY, RetentionMixin
 
 RANK = int(os.environ.get("RANK", 0))
@@ -75,6 +75,15 @@ def peft_model():
                           LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
 
 
+def peft_head_model():
+    """LoRA on the attention and on the LM head: the student projects through its adapted head."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    return get_peft_model(build_tiny_model(seed=0, num_hidden_layers=2, tie_word_embeddings=False),
+                          LoraConfig(r=4, target_modules=["q_proj", "lm_head"], lora_dropout=0.0))
+
+
 def offline_cache(backend):
     """A top-8 cache of the initial model over the training rows, one folder per rank (same content)."""
     from hf_retain import load_tiny_tokenizer
@@ -89,16 +98,21 @@ def models(backend):
     # Built before any TrainingArguments exists: under DeepSpeed a later model would be initialised inside
     # zero.Init (other random draws), and the engines' results would no longer be comparable.
     return build_tiny_model(seed=0, num_hidden_layers=2), peft_model(), build_tiny_model(seed=0, num_hidden_layers=2), \
-        offline_cache(backend)
+        offline_cache(backend), peft_head_model()
 
 
-def phases(backend, full, peft, offline, cache):
+def phases(backend, full, peft, offline, cache, peft_head):
     replay_cfg = RetentionConfig(distill_alpha=1.0, distill_on="replay", replay_ratio=0.5,
                                  replay_dataset="unused.jsonl")
     run("snapshot_replay", backend, full, replay_cfg, collate)
     run("peft_base", backend, peft, RetentionConfig(distill_alpha=1.0, distill_divergence="jsd"))
     run("offline", backend, offline, RetentionConfig(distill_alpha=1.0, distill_teacher="offline",
                                                      distill_teacher_path=cache))
+    try:  # an adapted LM head: distilled under DDP, refused (clearly) under FSDP2 and ZeRO-3
+        run("peft_head", backend, peft_head, RetentionConfig(distill_alpha=1.0))
+    except TeacherError as err:
+        print("RESULT " + json.dumps({"phase": "peft_head", "backend": backend, "rank": RANK, "refused": str(err)}),
+              flush=True)
 
 
 if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true":
