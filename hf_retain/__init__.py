@@ -28,6 +28,8 @@ _EXPORTS: dict[str, str] = {
     "RecipeError": "hf_retain.train",
     "load_recipe": "hf_retain.train",
     "RetentionReport": "hf_retain.evaluation.report",
+    "report_figure": "hf_retain.evaluation.plots",
+    "scatter_learning_forgetting": "hf_retain.evaluation.plots",
     "build_tiny_model": "hf_retain.assets",
     "load_tiny_tokenizer": "hf_retain.assets",
     # lineage and optimizer consistency (issue 3)

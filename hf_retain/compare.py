@@ -263,37 +263,21 @@ class Comparison:
         return "\n".join(lines) + "\n"
 
     def plot(self, out_dir: Path) -> list[Path]:
-        import matplotlib
+        from hf_retain.evaluation.plots import report_figure, scatter_learning_forgetting
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        paths = []
-        fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
-        for record in self.records:
-            s = record.summary()
-            ax.scatter(s["learning"], s["general_drift"], s=60)
-            ax.annotate(record.arm, (s["learning"], s["general_drift"]), textcoords="offset points", xytext=(5, 4))
-        ax.set_xlabel("learning (first-task loss decrease)")
-        ax.set_ylabel("forgetting (general loss increase)")
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        paths.append(out_dir / "learning_vs_forgetting.png")
-        fig.savefig(paths[-1])
-        plt.close(fig)
-
-        fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
-        for record in self.records:
-            drift = [g - record.general_losses[0] for g in record.general_losses]
-            ax.plot(range(len(drift)), drift, marker="o", label=record.arm)
-        ax.set_xlabel("round")
-        ax.set_ylabel("general loss drift")
-        ax.legend()
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
+        points = [(r.arm, r.summary()["learning"], r.summary()["general_drift"]) for r in self.records]
+        paths = [scatter_learning_forgetting(points, out_dir / "learning_vs_forgetting.png",
+                                             xlabel="learning (first-task loss decrease)",
+                                             ylabel="forgetting (general loss increase)")]
         paths.append(out_dir / "drift_per_round.png")
-        fig.savefig(paths[-1])
-        plt.close(fig)
+        with report_figure(paths[-1]) as (_fig, ax):
+            for record in self.records:
+                drift = [g - record.general_losses[0] for g in record.general_losses]
+                ax.plot(range(len(drift)), drift, marker="o", label=record.arm)
+            ax.set_xlabel("round")
+            ax.set_ylabel("general loss drift")
+            ax.legend()
+            ax.grid(alpha=0.3)
         for record in self.records:
             if len(record.task_losses) > 1:
                 safe = re.sub(r"[^A-Za-z0-9_.-]", "_", record.arm)

@@ -132,54 +132,31 @@ class RetentionMatrix:
     # ---- plots ---------------------------------------------------------------------------------------------------
     def plot_heatmap(self, path: str | os.PathLike[str], *, title: str = "retention matrix") -> Path:
         """Heatmap of R (rows: after training task j; columns: evaluated task i), values annotated."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from hf_retain.evaluation.plots import report_figure
 
         size = self.num_tasks
-        fig, ax = plt.subplots(figsize=(1.2 * size + 2.4, 1.0 * size + 1.6), dpi=120)
-        image = ax.imshow(self.scores, cmap="viridis_r" if not self.higher_is_better else "viridis")
-        fig.colorbar(image, ax=ax)
-        for j in range(size):
-            for i in range(size):
-                value = self.scores[j, i]
-                ax.text(i, j, "-" if math.isnan(value) else f"{value:.3g}", ha="center", va="center", color="white")
-        ax.set_xticks(range(size), self.task_names)
-        ax.set_yticks(range(size), [f"after {n}" for n in self.task_names])
-        ax.set_xlabel("evaluated task")
-        ax.set_title(title)
-        fig.tight_layout()
-        out = Path(path)
-        fig.savefig(out)
-        plt.close(fig)
-        return out
+        with report_figure(path, figsize=(1.2 * size + 2.4, 1.0 * size + 1.6)) as (fig, ax):
+            image = ax.imshow(self.scores, cmap="viridis_r" if not self.higher_is_better else "viridis")
+            fig.colorbar(image, ax=ax)
+            for j in range(size):
+                for i in range(size):
+                    value = self.scores[j, i]
+                    ax.text(i, j, "-" if math.isnan(value) else f"{value:.3g}", ha="center", va="center",
+                            color="white")
+            ax.set_xticks(range(size), self.task_names)
+            ax.set_yticks(range(size), [f"after {n}" for n in self.task_names])
+            ax.set_xlabel("evaluated task")
+            ax.set_title(title)
+        return Path(path)
 
     def plot_learning_forgetting(self, path: str | os.PathLike[str], *, title: str = "learning vs forgetting") -> Path:
         """Per task: learning (x: gain from training it, R[i,i] - R[i-1,i]) against forgetting (y)."""
-        import matplotlib
+        from hf_retain.evaluation.plots import scatter_learning_forgetting
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        learned = learning(self)
         forgot = [*forgetting(self), 0.0]  # the last task cannot have been forgotten yet
-        fig, ax = plt.subplots(figsize=(6.0, 4.4), dpi=120)
-        for name, x, y in zip(self.task_names, learned, forgot):
-            if math.isnan(x):
-                continue
-            ax.scatter(x, y, s=50)
-            ax.annotate(name, (x, y), textcoords="offset points", xytext=(5, 4))
-        ax.axhline(0.0, color="grey", linewidth=0.8)
-        ax.set_xlabel("learning: gain when the task was trained")
-        ax.set_ylabel("forgetting: best earlier score - final score")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        out = Path(path)
-        fig.savefig(out)
-        plt.close(fig)
-        return out
+        return scatter_learning_forgetting(list(zip(self.task_names, learning(self), forgot)), path, title=title,
+                                           xlabel="learning: gain when the task was trained",
+                                           ylabel="forgetting: best earlier score - final score")
 
 
 def _matrix(matrix: RetentionMatrix | Sequence[Sequence[float]] | np.ndarray) -> RetentionMatrix:

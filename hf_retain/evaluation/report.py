@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import textwrap
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -128,25 +127,10 @@ class RetentionReport:
 
     def plot(self, path: str | os.PathLike[str]) -> Path:
         """Learning (x) against forgetting (y) per arm: up-left is bad, down-right is good."""
-        import matplotlib
+        from hf_retain.evaluation.plots import scatter_learning_forgetting
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=120)
-        for arm in self.arms:
-            ax.scatter(arm.learning, arm.forgetting, s=60)
-            ax.annotate(arm.name, (arm.learning, arm.forgetting), textcoords="offset points", xytext=(6, 4))
-        ax.axhline(0.0, color="grey", linewidth=0.8)
-        ax.set_xlabel("learning: domain loss decrease (nats/token)")
-        ax.set_ylabel("forgetting: general loss increase (nats/token)")
-        ax.set_title(textwrap.fill(self.title, 70), fontsize=9)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        out = Path(path)
-        fig.savefig(out)
-        plt.close(fig)
-        return out
+        return scatter_learning_forgetting([(arm.name, arm.learning, arm.forgetting) for arm in self.arms], path,
+                                           title=self.title)
 
     def save(self, out_dir: str | os.PathLike[str]) -> dict[str, Path]:
         """Write ``report.json``, ``report.md`` and ``report.png`` into ``out_dir`` (each written atomically)."""
