@@ -79,6 +79,17 @@ def pareto_front(arms: list[ArmResult]) -> list[str]:
     return front
 
 
+def _by_pretraining(arms: list[ArmResult], keys: dict[str, tuple[str, str, str]]) -> dict[str, list[ArmResult]]:
+    """Arms grouped by pretraining optimizer: bases pretrained differently start from different losses, so a Pareto
+    front is only meaningful within one base. One group (label "") when there is one base."""
+    groups: dict[str, list[ArmResult]] = {}
+    for arm in arms:
+        groups.setdefault(keys[arm.name][0], []).append(arm)
+    if len(groups) == 1:
+        return {"": arms}
+    return {f" (pretrained with {p})": group for p, group in groups.items()}
+
+
 def _recipe(model: str, dataset: str, settings: BenchSettings, output_dir: Path, steps: int, lr: float,
             retention: RetentionConfig):
     from trl import ModelConfig, SFTConfig
@@ -213,7 +224,8 @@ def run_retention_benchmark(
         "settings": json.dumps(asdict(settings)),
         "corpora": f"general={general_train}, domain={domain_train}",
     })
-    report.meta["pareto front"] = ", ".join(pareto_front(arms))
+    for label, group in _by_pretraining(arms, keys).items():
+        report.meta[f"pareto front{label}"] = ", ".join(pareto_front(group))
     report.meta["vs plain (same P and F)"] = "; ".join(_versus_plain(arms, keys))
     paths = report.save(out)
     if not one_pair:

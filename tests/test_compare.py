@@ -113,3 +113,18 @@ def test_two_rounds_two_arms_end_to_end(tmp_path):
     assert fast["weight_drift"][-1] > 10 * slow["weight_drift"][-1]
     assert not math.isnan(fast["summary"]["bwt"])
     assert (out / "matrix_adamw.png").is_file() and (out / "arm-adamw.json").is_file()
+
+
+def test_pareto_front_is_taken_within_each_pretrained_base():
+    """Arms on differently pretrained bases start from different losses: each base gets its own front."""
+    from hf_retain.bench import _by_pretraining
+
+    # (forgetting, learning): plain (0.5, 2.5), replay (0.1, 2.6), muon->adamw (0.4, 3.0), muon->muon (0.3, 2.5)
+    arms = [ArmResult("adamw->adamw", 2.0, 2.5, 4.0, 1.5), ArmResult("adamw->adamw+replay", 2.0, 2.1, 4.0, 1.4),
+            ArmResult("muon->adamw", 2.5, 2.9, 4.0, 1.0), ArmResult("muon->muon", 2.5, 2.8, 4.0, 1.5)]
+    keys = {a.name: (a.name.split("->")[0], "", "") for a in arms}
+    fronts = {label: pareto_front(group) for label, group in _by_pretraining(arms, keys).items()}
+    assert fronts == {" (pretrained with adamw)": ["adamw->adamw+replay"],
+                      " (pretrained with muon)": ["muon->adamw", "muon->muon"]}
+    assert pareto_front(arms) == ["adamw->adamw+replay", "muon->adamw"]  # one front over both bases hides muon->muon
+    assert list(_by_pretraining(arms[:2], keys)) == [""]

@@ -43,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     )
     print()
     print(report.table())
-    for key in ("pareto front", "vs plain (same P and F)"):
+    for key in [k for k in report.meta if k.startswith("pareto front")] + ["vs plain (same P and F)"]:
         print(f"\n{key}: {report.meta[key]}")
     print(f"\nreport written to {args.output}/report.md, report.json and report.png")
     return 0
