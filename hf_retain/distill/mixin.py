@@ -11,11 +11,12 @@ tokens across devices; the local token count otherwise). Distilled tokens are th
 after the shift: SFT completion-only and assistant-only masks, padding), restricted to replayed rows
 (`REPLAY_MASK_KEY`) when ``distill_on='replay'``.
 
-The divergence is TRL's: its chunked generalized-JSD kernel (``beta`` 0 = forward KL, 1 = reverse KL) for online
-teachers, which projects the student's and the teacher's final hidden states through their LM heads tile by tile and
-never materialises full-vocabulary logits; TRL's GKD ``generalized_jsd_loss`` over the ``top_k + 1`` buckets for the
-offline teacher. The divergence is computed inside the student's forward (a hook on its backbone), where FSDP2 and
-DeepSpeed ZeRO-3 hold the LM head gathered, and works with TRL's fused LM head (SFTTrainer never builds logits).
+The divergence is TRL's math (`hf_retain.distill.divergence`): its chunked generalized-JSD kernel (``beta`` 0 =
+forward KL, 1 = reverse KL) for online teachers, which projects the student's and the teacher's final hidden states
+through their LM heads tile by tile and never materialises full-vocabulary logits; TRL's GKD ``generalized_jsd_loss``
+over the ``top_k + 1`` buckets for the offline teacher. The divergence is computed inside the student's forward (a
+hook on its backbone), where FSDP2 and DeepSpeed ZeRO-3 hold the LM head gathered, and works with TRL's fused LM head
+(SFTTrainer never builds logits).
 ``distill_loss`` (mean divergence per distilled token, before ``distill_alpha``) is logged beside ``loss``.
 
 Example (a full fine-tune: the teacher is a frozen snapshot taken when training begins):
@@ -54,6 +55,7 @@ from hf_retain.distill.teachers import (
     TeacherError,
     TeacherMode,
     backbone_of,
+    head_adapter,
     head_parameters,
     is_peft,
     load_path_teacher,
@@ -130,8 +132,7 @@ class DistillationMixin(RetentionMixin):
         self._distill_prepared, self._distill_teacher, self._distill_cache = False, None, None
         self._distill_teacher_module = self._distill_teacher_mode = None
         self._distill_log = None
-        student_head = head_parameters(student)[0]  # raises for head adapters it cannot project through
-        if student_head is not head_parameters(student, adapters=False)[0] and self._sharded():
+        if head_adapter(student) and self._sharded():  # head_adapter raises for adapters it cannot project through
             raise TeacherError(
                 "the PEFT adapter trains the LM head (LoRA or modules_to_save on it), which distillation supports in "
                 "one process and under DDP, not yet under FSDP or DeepSpeed ZeRO-3; leave the head out of the adapter "

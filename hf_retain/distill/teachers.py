@@ -43,6 +43,7 @@ __all__ = [
     "capture_backbone_output",
     "causal_lm_of",
     "check_same_vocab",
+    "head_adapter",
     "head_parameters",
     "is_peft",
     "load_path_teacher",
@@ -110,58 +111,65 @@ def lm_head_of(model: Any) -> nn.Module:
     return head
 
 
+def head_adapter(model: Any) -> str | None:
+    """How a PEFT adapter trains ``model``'s LM head: ``"lora"``, ``"modules_to_save"``, or None (it does not).
+
+    Raises `TeacherError` for the head adapters distillation cannot project through (DoRA and other LoRA variants,
+    merged LoRA, trainable token indices, other tuners), naming the fix.
+    """
+    if not is_peft(model):
+        return None
+    from peft.tuners.lora import LoraLayer
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils import AuxiliaryTrainingWrapper, ModulesToSaveWrapper
+
+    head = lm_head_of(model)
+    if type(head) is ModulesToSaveWrapper:
+        return "modules_to_save"
+    if isinstance(head, LoraLayer):
+        if not isinstance(head.get_base_layer(), nn.Linear):
+            raise TeacherError(f"LoRA on an LM head of type {type(head.get_base_layer()).__name__} is not supported "
+                               "for distillation; LoRA on an nn.Linear head is.")
+        if head.merged:
+            raise TeacherError("the LoRA adapter on the LM head is merged into its weight, so the model before the "
+                               "update is no longer available; unmerge it (model.unmerge_adapter()) before training.")
+        variants = [type(v).__name__ for v in getattr(head, "lora_variant", {}).values()]
+        if variants:
+            raise TeacherError(f"the LoRA variant {variants[0]} (e.g. DoRA) on the LM head is not supported for "
+                               "distillation; use plain LoRA on the head, or leave it out of target_modules.")
+        return "lora"
+    if isinstance(head, (BaseTunerLayer, AuxiliaryTrainingWrapper)):
+        raise TeacherError(
+            f"the PEFT adapter wraps the LM head in {type(head).__name__}, which distillation cannot project "
+            "through; adapt the head with LoRA or modules_to_save, or leave it out of the adapter "
+            "(target_modules / modules_to_save / trainable_token_indices)."
+        )
+    return None
+
+
 def head_parameters(model: Any, *, adapters: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The LM head's ``(weight, bias)`` as the model applies it: a PEFT model's with its adapters on (the student)
     or off (its ``base`` teacher); any other model's own.
 
-    Two ways an adapter can train the head are supported: ``modules_to_save`` (the trainable copy; the original when
-    adapters are off) and LoRA (the merged weight ``W + scaling * B @ A``, a differentiable function of A and B; the
-    LoRA dropout is not applied, since the divergence projects hidden states through one matrix). Other head adapters
-    raise `TeacherError`.
+    A head the adapter trains (`head_adapter`) is ``modules_to_save``'s trainable copy (the original when adapters are
+    off), or for LoRA the merged weight ``W + scaling * B @ A``, a differentiable function of A and B (without the
+    LoRA dropout: the divergence projects hidden states through one matrix).
     """
-    head = lm_head_of(model)
-    if is_peft(model):
-        from peft.tuners.lora import LoraLayer
-        from peft.tuners.tuners_utils import BaseTunerLayer
-        from peft.utils import AuxiliaryTrainingWrapper, ModulesToSaveWrapper
-
-        if type(head) is ModulesToSaveWrapper:
-            active = adapters and not head.disable_adapters and head.active_adapters
-            head = head.modules_to_save[head.active_adapters[0]] if active else head.original_module
-        elif isinstance(head, LoraLayer):
-            return _lora_head_parameters(head, adapters=adapters)
-        elif isinstance(head, (BaseTunerLayer, AuxiliaryTrainingWrapper)):
-            raise TeacherError(
-                f"the PEFT adapter wraps the LM head in {type(head).__name__}, which distillation cannot project "
-                "through; adapt the head with LoRA or modules_to_save, or leave it out of the adapter "
-                "(target_modules / modules_to_save / trainable_token_indices)."
-            )
-    return head.weight, getattr(head, "bias", None)
-
-
-def _lora_head_parameters(head: Any, *, adapters: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    base = head.get_base_layer()
-    if not isinstance(base, nn.Linear):
-        raise TeacherError(f"LoRA on an LM head of type {type(base).__name__} is not supported for distillation; "
-                           "LoRA on an nn.Linear head is.")
-    if head.merged:
-        raise TeacherError("the LoRA adapter on the LM head is merged into its weight, so the model before the "
-                           "update is no longer available; unmerge it (model.unmerge_adapter()) before training.")
-    weight, bias = base.weight, base.bias
-    if not adapters or head.disable_adapters:
+    head, kind = lm_head_of(model), head_adapter(model)
+    if kind == "modules_to_save":
+        active = adapters and not head.disable_adapters and head.active_adapters
+        head = head.modules_to_save[head.active_adapters[0]] if active else head.original_module
+    elif kind == "lora":
+        base = head.get_base_layer()
+        weight, bias = base.weight, base.bias
+        if adapters and not head.disable_adapters:
+            for name in (n for n in head.active_adapters if n in head.lora_A):
+                lora_a, lora_b, scaling = head.lora_A[name], head.lora_B[name], head.scaling[name]
+                weight = weight + scaling * (lora_b.weight @ lora_a.weight).to(weight.dtype)
+                if lora_b.bias is not None:  # lora_bias=True
+                    bias = scaling * lora_b.bias if bias is None else bias + scaling * lora_b.bias
         return weight, bias
-    for name in head.active_adapters:
-        if name not in head.lora_A:
-            continue
-        if name in getattr(head, "lora_variant", {}):
-            raise TeacherError(f"the LoRA variant {type(head.lora_variant[name]).__name__} (e.g. DoRA) on the LM head "
-                               "is not supported for distillation; use plain LoRA on the head, or leave it out of "
-                               "target_modules.")
-        lora_a, lora_b, scaling = head.lora_A[name], head.lora_B[name], head.scaling[name]
-        weight = weight + scaling * (lora_b.weight @ lora_a.weight).to(weight.dtype)
-        if lora_b.bias is not None:  # lora_bias=True
-            bias = scaling * lora_b.bias if bias is None else bias + scaling * lora_b.bias
-    return weight, bias
+    return head.weight, getattr(head, "bias", None)
 
 
 def logit_transform(model: Any) -> tuple[float, float | None]:
