@@ -221,6 +221,11 @@ class RetentionConfig:
         metadata={"help": "When a guarded benchmark raises during training: 'continue' (report it and keep "
                           "training) or 'stop'."},
     )
+    regression_rollback_store: str = field(
+        default="memory",
+        metadata={"help": "Where the rollback target is kept between evaluations: 'memory' (a CPU copy on rank 0) or "
+                          "'disk' (output_dir/retention_rollback/, no RAM held, survives a restart)."},
+    )
 
     def __post_init__(self) -> None:
         _check_choice("consistency_policy", self.consistency_policy, ("warn", "error", "off"))
@@ -288,6 +293,7 @@ class RetentionConfig:
         _check_range("regression_patience", self.regression_patience, 1)
         _check_choice("regression_action", self.regression_action, ("warn", "stop", "rollback"))
         _check_choice("regression_on_error", self.regression_on_error, ("continue", "stop"))
+        _check_choice("regression_rollback_store", self.regression_rollback_store, ("memory", "disk"))
 
     # ------------------------------------------------------------------------------------------------------------
     @property

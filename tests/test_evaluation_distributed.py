@@ -24,9 +24,13 @@ def test_ranks_that_would_decide_differently_stop_together_without_hanging(run_d
     assert rows[0]["history"] == rows[1]["history"]
 
 
+@pytest.mark.parametrize("store", ["memory", "disk"])
 @pytest.mark.parametrize("backend", ["fsdp2", "zero3"])
-def test_rollback_restores_sharded_weights_on_every_rank(run_distributed, backend):
-    rows = results(run_distributed("regression_guard.py", backend, "rollback", timeout=180))
+def test_rollback_restores_sharded_weights_on_every_rank(run_distributed, backend, store):
+    scenario = "rollback" if store == "memory" else "rollback-disk"
+    rows = results(run_distributed("regression_guard.py", backend, scenario, timeout=180))
+    if store == "disk":  # the target went to output_dir (written by rank 0), never into memory
+        assert not any(row["held_in_memory"] for row in rows) and rows[0]["target_on_disk"]
     for row in rows:
         if backend == "fsdp2":
             assert row["fsdp"] and row["param_type"] == "DTensor"

@@ -239,3 +239,42 @@ def test_build_trainer_wires_the_guard_from_retention_config(tiny_model, tiny_to
     trainer.train()
     guard = next(cb for cb in trainer.callback_handler.callbacks if isinstance(cb, RegressionEarlyStoppingCallback))
     assert guard.stopped_at is not None and trainer.state.global_step < 30 and guard.restored_step is not None
+
+
+def test_rollback_from_disk_holds_no_weights_in_memory(tiny_model, tiny_tokenizer, code_dataset, tmp_path):
+    """rollback_store='disk': the in-bounds target is a safetensors file in output_dir (step in its metadata), nothing
+    is held in RAM, and the rollback restores exactly the weights evaluated at best_step."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    guard = RegressionEarlyStoppingCallback(general_suite(), every_n_steps=2, action="rollback", rollback_store="disk")
+    trainer = train(tiny_model, tiny_tokenizer, code_dataset, tmp_path, [guard])
+    assert guard.stopped_at is not None and guard.restored_step == guard.best_step < guard.stopped_at
+    assert guard._snapshot is None
+    path = tmp_path / "out" / "retention_rollback" / "weights.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        assert f.metadata()["step"] == str(guard.best_step)
+    stored = load_file(str(path))
+    assert all(torch.equal(p.detach().cpu(), stored[n]) for n, p in trainer.model.named_parameters())
+    baseline = guard.baseline["results"][0]["score"]
+    final = evaluate_loss(trainer.model, GENERAL, tiny_tokenizer)
+    assert (final - baseline) / baseline <= 0.02
+    with pytest.raises(ValueError, match="rollback_store"):
+        RegressionEarlyStoppingCallback(general_suite(), rollback_store="gpu")
+
+
+def test_disk_target_survives_resume_without_a_new_evaluation(tiny_model, tiny_tokenizer, code_dataset, tmp_path):
+    """A resumed run with rollback_store='disk' finds its verified target on disk (no re-evaluation at resume) and
+    rolls back to it."""
+    evaluator, calls = scripted([1.0, 1.0, 1.0, 0.5])  # baseline, step 2, step 4 (in bounds); after resume: regressed
+    guard = RegressionEarlyStoppingCallback(RetentionSuite([evaluator]), every_n_steps=2, action="rollback",
+                                            rollback_store="disk", check_at_end=False)
+    train(tiny_model, tiny_tokenizer, code_dataset, tmp_path, [guard], steps=4, lr=1e-3, save_strategy="steps",
+          save_steps=4)
+    assert guard.best_step == 4 and len(calls) == 3
+    resumed = RegressionEarlyStoppingCallback(RetentionSuite([evaluator]), every_n_steps=2, action="rollback",
+                                              rollback_store="disk", check_at_end=False)
+    trainer = train(tiny_model, tiny_tokenizer, code_dataset, tmp_path, [resumed], steps=8, lr=1e-3,
+                    save_strategy="no", resume=str(tmp_path / "out" / "checkpoint-4"))
+    assert len(calls) == 4  # the resume did not evaluate again: the step-4 target was on disk
+    assert resumed.stopped_at == 6 and resumed.restored_step == 4 and trainer.state.global_step == 6

@@ -4,8 +4,9 @@ transformers' `EarlyStoppingCallback` watches one eval metric for *improvement*.
 `RetentionSuite` for *regression against a baseline* measured before the first step: every ``every_n_steps`` it
 evaluates the suite, logs each benchmark's score and change through the Trainer's logging (so wandb, tensorboard
 and mlflow receive them), and when a benchmark has been worse than its bound for ``patience`` evaluations in a row it
-warns, stops training, or stops and restores the last weights that stayed within bounds (a CPU copy taken at each
-in-bounds evaluation; gathered from the shards under FSDP2 and ZeRO-3).
+warns, stops training, or stops and restores the last weights that stayed within bounds (a copy of the trainable
+weights taken at each in-bounds evaluation, gathered from the shards under FSDP2 and ZeRO-3, and kept in CPU memory
+or, with ``rollback_store='disk'``, in ``output_dir`` where it also survives a restart).
 
 The decision is taken on rank 0 and broadcast, so every rank stops at the same step and none waits in a collective
 the others skipped. Baseline, counters and history are `ExportableState` and survive `resume_from_checkpoint`.
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -45,6 +47,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["RegressionEarlyStoppingCallback", "ACTIONS", "ON_ERROR"]
 
 ACTIONS = ("stop", "rollback", "warn")
+ROLLBACK_STORES = ("memory", "disk")
+ROLLBACK_DIR = "retention_rollback"
 ON_ERROR = ("continue", "stop")
 LOG_PREFIX = "retention"
 
@@ -64,6 +68,9 @@ class RegressionEarlyStoppingCallback(TrainerCallback, ExportableState):
             instead of measuring one at train begin.
         on_error: when a benchmark raises: 'continue' (report it, keep training) or 'stop'.
         check_at_end: evaluate once more at train end if the last step was not evaluated (rollback still applies).
+        rollback_store: where the rollback target lives between evaluations: 'memory' (a CPU copy on rank 0) or
+            'disk' (``output_dir/retention_rollback/weights.safetensors``, written atomically by rank 0): no RAM held
+            for a large full fine-tune, and a resumed run keeps its verified target.
     """
 
     def __init__(
@@ -79,6 +86,7 @@ class RegressionEarlyStoppingCallback(TrainerCallback, ExportableState):
         baseline: SuiteResult | Mapping[str, Any] | str | None = None,
         on_error: str = "continue",
         check_at_end: bool = True,
+        rollback_store: str = "memory",
     ) -> None:
         if isinstance(suite, str):
             suite = RetentionSuite.lookup(suite)
@@ -86,6 +94,9 @@ class RegressionEarlyStoppingCallback(TrainerCallback, ExportableState):
             raise TypeError(f"suite must be a RetentionSuite or a suite YAML path, got {type(suite).__name__}.")
         if action not in ACTIONS:
             raise ValueError(f"action={action!r} is not allowed; choose one of {list(ACTIONS)}.")
+        if rollback_store not in ROLLBACK_STORES:
+            raise ValueError(f"rollback_store={rollback_store!r} is not allowed; choose one of "
+                             f"{list(ROLLBACK_STORES)}.")
         if on_error not in ON_ERROR:
             raise ValueError(f"on_error={on_error!r} is not allowed; choose one of {list(ON_ERROR)}.")
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not threshold >= 0:
@@ -102,6 +113,7 @@ class RegressionEarlyStoppingCallback(TrainerCallback, ExportableState):
         self.suite = suite
         self.threshold, self.relative, self.every_n_steps = float(threshold), bool(relative), every_n_steps
         self.patience, self.action, self.on_error, self.check_at_end = patience, action, on_error, check_at_end
+        self.rollback_store = rollback_store
         self.per_benchmark_thresholds = dict(per_benchmark_thresholds or {})
         self._thresholds = thresholds
         self._stored_baseline = baseline
@@ -114,7 +126,8 @@ class RegressionEarlyStoppingCallback(TrainerCallback, ExportableState):
         self.restored_step: int | None = None
         self.history: list[dict[str, Any]] = []
         # ---- not exported ----
-        self._snapshot: dict[str, torch.Tensor] | None = None
+        self._snapshot: dict[str, torch.Tensor] | None = None  # rollback_store='memory' (rank 0 holds the tensors)
+        self._snapshot_file: str | None = None  # rollback_store='disk': the target is this file (written by rank 0)
         self._restored_from_state = False
 
     @classmethod
@@ -130,6 +143,7 @@ class RegressionEarlyStoppingCallback(TrainerCallback, ExportableState):
             patience=retention.regression_patience,
             action=retention.regression_action,
             on_error=retention.regression_on_error,
+            rollback_store=retention.regression_rollback_store,
         )
 
     # ---- ExportableState -------------------------------------------------------------------------------------
@@ -145,6 +159,7 @@ class RegressionEarlyStoppingCallback(TrainerCallback, ExportableState):
                 "per_benchmark_thresholds": self.per_benchmark_thresholds,
                 "on_error": self.on_error,
                 "check_at_end": self.check_at_end,
+                "rollback_store": self.rollback_store,
             },
             "attributes": {
                 "baseline": self.baseline,
@@ -176,7 +191,7 @@ class RegressionEarlyStoppingCallback(TrainerCallback, ExportableState):
         resumed = state.global_step > 0
         if resumed and not self._restored_from_state and self.last_eval_step < 0:
             self._restore_from_trainer_state(state)
-        self._snapshot = None
+        self._snapshot = self._snapshot_file = None
         if self.baseline is None:
             result = self.suite.evaluate(model, processing_class, step=state.global_step)
             self._check_baseline(result)
@@ -185,8 +200,11 @@ class RegressionEarlyStoppingCallback(TrainerCallback, ExportableState):
                       f"baseline at step {state.global_step}")
             self.best_step = state.global_step
             if self.action == "rollback":
-                self._snapshot = _snapshot(model)
+                self._keep_rollback_target(model, args, state.global_step)
         elif self.action == "rollback" and self.stopped_at is None:
+            if self._stored_target_matches(args):  # resumed with rollback_store='disk': the verified target survived
+                self._snapshot_file = _rollback_file(args)
+                return
             # Resumed (or stored baseline): the weights in memory have not been checked yet; check them now so a
             # rollback has a verified target.
             self._evaluate(args, state, control, model, processing_class)
@@ -271,7 +289,7 @@ class RegressionEarlyStoppingCallback(TrainerCallback, ExportableState):
         if decision["within_bounds"]:
             self.best_step = step
             if self.action == "rollback":
-                self._snapshot = _snapshot(model)
+                self._keep_rollback_target(model, args, step)
         act = decision["act"]
         if act == "none":
             if decision["regressed"]:
@@ -284,16 +302,53 @@ class RegressionEarlyStoppingCallback(TrainerCallback, ExportableState):
         self.stopped_at = step
         control.should_training_stop = True
         if act == "rollback":
-            if self._snapshot is None:
-                _warn(f"retention regression at step {step}: {decision['message']}. No in-bounds weights are held in "
-                      "memory, so nothing was restored; stopping.")
+            target = self._rollback_target()
+            if target is None:
+                _warn(f"retention regression at step {step}: {decision['message']}. No in-bounds weights are held, "
+                      "so nothing was restored; stopping.")
             else:
-                _restore(model, self._snapshot)
+                _restore(model, target)
                 self.restored_step = self.best_step
                 _warn(f"retention regression at step {step}: {decision['message']}. Stopped and restored the weights "
                       f"of step {self.best_step}, the last evaluation within bounds.")
         elif decision["regressed"]:
             _warn(f"retention regression at step {step}: {decision['message']}. Training stopped.")
+
+    # ---- the rollback target ---------------------------------------------------------------------------------
+    def _keep_rollback_target(self, model: Any, args: TrainingArguments, step: int) -> None:
+        """Copy the trainable weights (every rank takes part in the gather) into memory or, atomically, to disk."""
+        snapshot = _snapshot(model)
+        if self.rollback_store == "memory":
+            self._snapshot = snapshot
+            return
+        path = _rollback_file(args)
+        if rank() == 0:
+            _save_snapshot(snapshot, path, step)
+        self._snapshot, self._snapshot_file = None, path
+
+    def _rollback_target(self) -> dict[str, torch.Tensor] | None:
+        """The weights to restore, on rank 0 (other ranks get ``{}``), or None on every rank when there are none."""
+        if self.rollback_store == "memory":
+            return self._snapshot
+        if self._snapshot_file is None:
+            return None
+        if rank() != 0:
+            return {}
+        from safetensors.torch import load_file
+
+        return load_file(self._snapshot_file)
+
+    def _stored_target_matches(self, args: TrainingArguments) -> bool:
+        """Whether ``output_dir`` holds the target of ``best_step`` (rank 0 reads the file; all ranks agree)."""
+        if self.rollback_store != "disk" or self.best_step is None:
+            return False
+        found = None
+        if rank() == 0 and os.path.isfile(_rollback_file(args)):
+            from safetensors import safe_open
+
+            with safe_open(_rollback_file(args), framework="pt") as f:
+                found = (f.metadata() or {}).get("step")
+        return bool(broadcast_object(found == str(self.best_step)))
 
     def _log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs: dict[str, float],
              what: str) -> None:
@@ -327,6 +382,26 @@ def _as_baseline(baseline: SuiteResult | Mapping[str, Any] | str | None) -> dict
     if isinstance(baseline, Mapping):
         return SuiteResult.from_dict(baseline).to_dict()
     raise TypeError(f"baseline must be a SuiteResult, its to_dict() output or a JSON path, got {type(baseline)}.")
+
+
+def _rollback_file(args: TrainingArguments) -> str:
+    return os.path.join(args.output_dir, ROLLBACK_DIR, "weights.safetensors")
+
+
+def _save_snapshot(snapshot: dict[str, torch.Tensor], path: str, step: int) -> None:
+    """Write the rollback target atomically (a crash mid-write leaves the previous target intact)."""
+    from safetensors.torch import save_file
+
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    seen: set[int] = set()
+    tensors = {}
+    for name, tensor in snapshot.items():  # safetensors refuses shared storage (tied weights in a full state dict)
+        ptr = tensor.untyped_storage().data_ptr()
+        tensors[name] = tensor.clone() if ptr in seen else tensor.contiguous()
+        seen.add(ptr)
+    tmp = path + ".tmp"
+    save_file(tensors, tmp, metadata={"step": str(step)})
+    os.replace(tmp, path)
 
 
 def _is_zero3(model: Any) -> bool:

@@ -6,7 +6,8 @@ Scenarios (argv[1]):
   step 2 while rank 0 trains on and waits forever in the next gradient all-reduce. Every evaluation regresses, so
   the rollback restores the weights from before step 1 (kept on rank 0, broadcast to rank 1).
 * ``rollback``: a destructive fine-tune under the launched back-end (FSDP2 / ZeRO-3) is stopped and the last in-bounds
-  weights, gathered from the shards, are restored on every rank.
+  weights, gathered from the shards, are restored on every rank. ``rollback-disk``: the same with
+  ``rollback_store='disk'`` (rank 0 writes the gathered target to output_dir and reads it back to restore).
 """
 
 import json
@@ -49,7 +50,8 @@ if scenario == "decide":
     steps, lr = 12, 1e-5
 else:
     suite = RetentionSuite([LossEvaluator(GENERAL, name="general")])
-    guard = RegressionEarlyStoppingCallback(suite, every_n_steps=2, action="rollback")
+    guard = RegressionEarlyStoppingCallback(suite, every_n_steps=2, action="rollback",
+                                            rollback_store="disk" if scenario == "rollback-disk" else "memory")
     steps, lr = 24, 1e-2
 
 args = TrainingArguments(
@@ -74,7 +76,9 @@ print("RESULT " + json.dumps({
     "stopped_at": guard.stopped_at,
     "restored_step": guard.restored_step,
     "best_step": guard.best_step,
-    "baseline": guard.baseline["results"][0]["score"] if scenario == "rollback" else None,
+    "baseline": guard.baseline["results"][0]["score"] if scenario.startswith("rollback") else None,
+    "held_in_memory": bool(guard._snapshot),  # non-empty: a gathered copy (the memory store, on rank 0 only)
+    "target_on_disk": os.path.isfile(os.path.join(args.output_dir, "retention_rollback", "weights.safetensors")),
     "history": guard.history,
     "final_general": final,
     "max_diff_from_initial": max_diff,
