@@ -132,7 +132,9 @@ class RetentionConfig:
         default=0.0, metadata={"help": "Weight of the distillation loss; 0 turns distillation off."}
     )
     distill_temperature: float = field(
-        default=1.0, metadata={"help": "Softmax temperature applied to student and teacher logits, > 0."}
+        default=1.0, metadata={"help": "Softmax temperature applied to student and teacher logits, > 0. As in TRL, "
+                                       "the divergence is not multiplied by T^2; multiply distill_alpha by T^2 to "
+                                       "keep Hinton et al.'s gradient scale at T > 1."}
     )
     distill_divergence: str = field(
         default="forward_kl",
