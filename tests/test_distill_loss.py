@@ -477,3 +477,24 @@ def test_teacher_mode_switches_and_restores_exactly(tiny_model):
     torch.testing.assert_close(fast, slow, rtol=0, atol=0)
     torch.testing.assert_close(fast, plain, rtol=1e-6, atol=1e-6)
     assert model.training and not any(layer.disable_adapters for layer in layers)
+
+
+def test_cache_build_projects_in_token_tiles_and_matches_full_logits(tmp_path):
+    """The cache builder never forms [batch, length, vocab] logits: with a 20k vocabulary a 300-token row spans two
+    token tiles, and the cached top-k and tail equal those of the model's full logits."""
+    class Vocab:
+        def get_vocab(self):
+            return {f"<{i}>": i for i in range(20000)}
+
+    model = build_tiny_model(num_hidden_layers=1, vocab_size=20000)
+    row = torch.randint(3, 20000, (300,), generator=torch.Generator().manual_seed(5)).tolist()
+    cache = OfflineTeacherCache(build_distill_cache(model, [row], tmp_path / "c", tokenizer=Vocab(), top_k=6,
+                                                    temperature=1.5))
+    ids, logprobs, tail = cache.row(row)
+    with torch.no_grad():
+        lp = torch.log_softmax(model(input_ids=torch.tensor([row])).logits[0, :-1].float() / 1.5, -1)
+    want_lp, want_ids = lp.topk(6, dim=-1)
+    assert torch.equal(ids.long(), want_ids)
+    torch.testing.assert_close(logprobs, want_lp, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(tail, torch.logsumexp(lp.scatter(-1, want_ids, float("-inf")), -1), rtol=1e-5,
+                               atol=1e-5)

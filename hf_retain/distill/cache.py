@@ -128,11 +128,15 @@ def build_distill_cache(
         raise DistillCacheError("no rows with at least 2 tokens to cache; check the dataset and its column.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    vocab = teacher.get_output_embeddings().weight.shape[0]
+    (out / FINGERPRINT_FILE).unlink(missing_ok=True)  # a rebuild is unreadable until it completes (shards change)
+    from hf_retain.distill.teachers import TeacherMode, head_parameters, logit_transform, teacher_hidden_states
+
+    weight, bias = head_parameters(teacher)
+    scale, softcap = logit_transform(teacher)
+    vocab = weight.shape[0]
     k = min(top_k, vocab)
     device = next(teacher.parameters()).device
-    was_training = teacher.training
-    teacher.eval()
+    mode = TeacherMode(teacher)
 
     index: dict[str, list[int]] = {}
     unique: list[list[int]] = []
@@ -142,43 +146,41 @@ def build_distill_cache(
             index[key] = [-1, -1]
             unique.append(r)
     shards: list[dict[str, Any]] = []
-    try:
-        for shard_no, start in enumerate(range(0, len(unique), shard_rows)):
-            shard = unique[start:start + shard_rows]
-            ids_parts, lp_parts, tail_parts, offsets = [], [], [], [0]
-            for b in range(0, len(shard), batch_size):
-                batch = shard[b:b + batch_size]
-                width = max(len(r) for r in batch)
-                input_ids = torch.zeros(len(batch), width, dtype=torch.long)
-                mask = torch.zeros(len(batch), width, dtype=torch.long)
-                for j, r in enumerate(batch):
-                    input_ids[j, : len(r)] = torch.tensor(r)
-                    mask[j, : len(r)] = 1
-                logits = teacher(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits.float()
-                logprobs = torch.log_softmax(logits / temperature, dim=-1)
-                for j, r in enumerate(batch):
-                    lp = logprobs[j, : len(r) - 1]  # position t predicts token t+1
-                    top_lp, top_ids = lp.topk(k, dim=-1)
-                    rest = lp.scatter(-1, top_ids, float("-inf"))
-                    ids_parts.append(top_ids.to(torch.int32).cpu())
-                    lp_parts.append(top_lp.cpu())
-                    tail_parts.append(torch.logsumexp(rest, dim=-1).cpu())
-                    offsets.append(offsets[-1] + len(r) - 1)
-            name = f"shard-{shard_no:05d}.safetensors"
-            save_file(
-                {
-                    "topk_ids": torch.cat(ids_parts).contiguous(),
-                    "topk_logprobs": torch.cat(lp_parts).contiguous(),
-                    "tail_logprob": torch.cat(tail_parts).contiguous(),
-                    "offsets": torch.tensor(offsets, dtype=torch.int64),
-                },
-                str(out / name),
+    for shard_no, start in enumerate(range(0, len(unique), shard_rows)):
+        shard = unique[start:start + shard_rows]
+        ids_parts, lp_parts, tail_parts, offsets = [], [], [], [0]
+        for b in range(0, len(shard), batch_size):
+            batch = shard[b:b + batch_size]
+            width = max(len(r) for r in batch)
+            input_ids = torch.zeros(len(batch), width, dtype=torch.long)
+            mask = torch.zeros(len(batch), width, dtype=torch.long)
+            for j, r in enumerate(batch):
+                input_ids[j, : len(r)] = torch.tensor(r)
+                mask[j, : len(r)] = 1
+            hidden = teacher_hidden_states(
+                teacher, {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}, mode=mode
             )
-            for j, r in enumerate(shard):
-                index[row_key(r)] = [shard_no, j]
-            shards.append({"file": name, "rows": len(shard)})
-    finally:
-        teacher.train(was_training)
+            for j, r in enumerate(batch):
+                top_ids, top_lp, tail = _top_k_buckets(  # position t predicts token t+1
+                    hidden[j, : len(r) - 1], weight, bias, k, temperature, scale, softcap
+                )
+                ids_parts.append(top_ids.to(torch.int32).cpu())
+                lp_parts.append(top_lp.cpu())
+                tail_parts.append(tail.cpu())
+                offsets.append(offsets[-1] + len(r) - 1)
+        name = f"shard-{shard_no:05d}.safetensors"
+        save_file(
+            {
+                "topk_ids": torch.cat(ids_parts).contiguous(),
+                "topk_logprobs": torch.cat(lp_parts).contiguous(),
+                "tail_logprob": torch.cat(tail_parts).contiguous(),
+                "offsets": torch.tensor(offsets, dtype=torch.int64),
+            },
+            str(out / name),
+        )
+        for j, r in enumerate(shard):
+            index[row_key(r)] = [shard_no, j]
+        shards.append({"file": name, "rows": len(shard)})
 
     config = getattr(teacher, "config", None)
     fingerprint = {
@@ -193,9 +195,37 @@ def build_distill_cache(
         "num_rows": len(unique),
         "shards": shards,
     }
-    (out / INDEX_FILE).write_text(json.dumps(index))
-    (out / FINGERPRINT_FILE).write_text(json.dumps(fingerprint, indent=2))
+    # The fingerprint is written last and atomically: a build interrupted at any point leaves no readable cache
+    # (a clear "not an offline distillation cache" error), never a truncated one.
+    for name, text in ((INDEX_FILE, json.dumps(index)), (FINGERPRINT_FILE, json.dumps(fingerprint, indent=2))):
+        tmp = out / (name + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, out / name)
     return str(out)
+
+
+def _top_k_buckets(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, k: int, temperature: float, scale: float,
+    softcap: float | None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-k token ids and log-probs plus the tail bucket's log-prob for positions ``hidden [n, H]``, projected through
+    the LM head a token tile at a time, so the build never holds ``[batch, length, vocab]`` logits (5 GB of fp32 for
+    8 rows of 1024 tokens over a 152k vocabulary)."""
+    step = max(16, 2**22 // weight.shape[0])  # <= 16 MiB of fp32 logits per tile
+    ids, logprobs, tails = [], [], []
+    for start in range(0, hidden.shape[0], step):
+        logits = hidden[start:start + step].float() @ weight.float().t()
+        if bias is not None:
+            logits = logits + bias.float()
+        logits = logits * scale
+        if softcap is not None:
+            logits = softcap * torch.tanh(logits / softcap)
+        lp = torch.log_softmax(logits / temperature, dim=-1)
+        top_lp, top_ids = lp.topk(k, dim=-1)
+        ids.append(top_ids)
+        logprobs.append(top_lp)
+        tails.append(torch.logsumexp(lp.scatter(-1, top_ids, float("-inf")), dim=-1))
+    return torch.cat(ids), torch.cat(logprobs), torch.cat(tails)
 
 
 class OfflineTeacherCache:
