@@ -19,6 +19,8 @@ __version__ = "0.1.0"
 _EXPORTS: dict[str, str] = {
     # foundation
     "ConfigError": "hf_retain.config",
+    "enable_fsdp_on_cpu": "hf_retain.distributed",
+    "end_distributed": "hf_retain.distributed",
     "RetentionConfig": "hf_retain.config",
     "RetentionSFTTrainer": "hf_retain.trainer",
     "RetentionTrainer": "hf_retain.trainer",

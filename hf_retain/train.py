@@ -397,6 +397,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         recipe = load_recipe(path, overrides)
         run_recipe(recipe)
+        from hf_retain.distributed import end_distributed
+
+        end_distributed()
     except RecipeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

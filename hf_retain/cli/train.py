@@ -20,6 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from hf_retain.distributed import end_distributed
     from hf_retain.train import RecipeError, load_recipe, run_recipe
 
     overrides = list(getattr(args, "overrides", None) or [])
@@ -34,6 +35,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"  retention: {', '.join(recipe.retention.methods) or 'none (plain fine-tuning)'}")
             return 0
         run_recipe(recipe)
+        end_distributed()
     except RecipeError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -16,6 +16,7 @@ from transformers import Trainer, TrainingArguments
 
 from hf_retain import RetentionConfig, build_tiny_model
 from hf_retain.distill import DistillationMixin, TeacherError
+from hf_retain.distributed import end_distributed
 from hf_retain.mixin import REPLAY_MASK_KEY, RetentionMixin
 
 RANK = int(os.environ.get("RANK", 0))
@@ -124,3 +125,5 @@ else:
     os.environ["ACCELERATE_USE_FSDP"] = "true"
     os.environ["FSDP_VERSION"] = "2"
     phases("fsdp2", *second)
+
+end_distributed()  # join the process group's threads before exit (an exit-time SIGABRT otherwise)

@@ -16,6 +16,7 @@ from datasets import Dataset
 from transformers import Trainer, TrainingArguments
 
 from hf_retain import EWCMixin, EWCPenalty, FisherState, RetentionConfig, build_tiny_model, estimate_fisher
+from hf_retain.distributed import end_distributed
 from hf_retain.ewc.fisher import trainable_parameters
 
 LAMBDA = 50.0
@@ -138,3 +139,5 @@ if trainer.is_fsdp_enabled:
     result["ddp_grad_rel_err"] = max(errs)
 
 print("RESULT " + json.dumps(result), flush=True)
+
+end_distributed()  # join the process group's threads before exit (an exit-time SIGABRT otherwise)

@@ -13,6 +13,7 @@ from datasets import Dataset
 from transformers import Trainer, TrainingArguments
 
 from hf_retain import LineageCallback, OptimizerConsistencyCallback, build_tiny_model, read_pretraining_optimizer
+from hf_retain.distributed import end_distributed
 
 tmp = os.environ["HF_RETAIN_TEST_TMP"]
 base = os.path.join(tmp, "base")
@@ -47,3 +48,5 @@ print("RESULT " + json.dumps({
     "read_back_betas": list(info.betas) if info and info.betas else None,
     "log_entry": any(e.get("lineage/status") == "mismatch" for e in trainer.state.log_history),
 }))
+
+end_distributed()  # join the process group's threads before exit (an exit-time SIGABRT otherwise)

@@ -26,6 +26,7 @@ from datasets import Dataset
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from hf_retain import RetentionConfig, build_tiny_model
+from hf_retain.distributed import end_distributed
 from hf_retain.optim import MuonWithAdamW, OptimizerMixin, split_params_for_muon
 
 STEPS = int(sys.argv[1]) if len(sys.argv) > 1 else 2
@@ -156,3 +157,5 @@ result["non_hidden_max_rel_to_torch"] = max(
     rel(after[n] - start[n], ref_steps[0][n] - start[n]) for n in after if n not in hidden
 )
 print("RESULT " + json.dumps(result), flush=True)
+
+end_distributed()  # join the process group's threads before exit (an exit-time SIGABRT otherwise)

@@ -20,7 +20,7 @@ from transformers import TrainingArguments
 
 from hf_retain import RetentionTrainer, build_tiny_model, load_tiny_tokenizer
 from hf_retain.callbacks.regression import RegressionEarlyStoppingCallback
-from hf_retain.distributed import rank
+from hf_retain.distributed import end_distributed, rank
 from hf_retain.evaluation.loss import evaluate_loss
 from hf_retain.evaluation.suite import FunctionEvaluator, LossEvaluator, RetentionSuite
 
@@ -83,3 +83,5 @@ print("RESULT " + json.dumps({
     "final_general": final,
     "max_diff_from_initial": max_diff,
 }), flush=True)
+
+end_distributed()  # join the process group's threads before exit (an exit-time SIGABRT otherwise)

@@ -9,6 +9,7 @@ from datasets import Dataset
 from trl import SFTConfig, SFTTrainer
 
 from hf_retain import RetentionConfig, build_tiny_model, load_tiny_tokenizer
+from hf_retain.distributed import end_distributed
 from hf_retain.mixin import REPLAY_MASK_KEY, RetentionMixin
 from hf_retain.replay import ReplayMixin
 
@@ -60,3 +61,5 @@ print("RESULT " + json.dumps({
         torch.equal(a["input_ids"], b["input_ids"]) for a, b in zip(full.batches[3:], resumed.batches)),
     "collator_rank": full.replay_collator.rank,
 }))
+
+end_distributed()  # join the process group's threads before exit (an exit-time SIGABRT otherwise)

@@ -9,6 +9,7 @@ from datasets import Dataset
 from transformers import TrainingArguments
 
 from hf_retain import RetentionConfig, RetentionTrainer, build_tiny_model
+from hf_retain.distributed import end_distributed
 
 steps = int(sys.argv[1]) if len(sys.argv) > 1 else 3
 torch.manual_seed(0)
@@ -32,3 +33,5 @@ print("RESULT " + json.dumps({
     "steps": trainer.state.global_step,
     "losses": losses,
 }))
+
+end_distributed()  # join the process group's threads before exit (an exit-time SIGABRT otherwise)
