@@ -129,6 +129,7 @@ def build_distill_cache(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / FINGERPRINT_FILE).unlink(missing_ok=True)  # a rebuild is unreadable until it completes (shards change)
+    from hf_retain.data.batching import right_pad
     from hf_retain.distill.teachers import TeacherMode, head_parameters, logit_transform, teacher_hidden_states
 
     weight, bias = head_parameters(teacher)
@@ -151,12 +152,7 @@ def build_distill_cache(
         ids_parts, lp_parts, tail_parts, offsets = [], [], [], [0]
         for b in range(0, len(shard), batch_size):
             batch = shard[b:b + batch_size]
-            width = max(len(r) for r in batch)
-            input_ids = torch.zeros(len(batch), width, dtype=torch.long)
-            mask = torch.zeros(len(batch), width, dtype=torch.long)
-            for j, r in enumerate(batch):
-                input_ids[j, : len(r)] = torch.tensor(r)
-                mask[j, : len(r)] = 1
+            input_ids, mask = right_pad(batch)
             hidden = teacher_hidden_states(
                 teacher, {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}, mode=mode
             )
@@ -213,14 +209,10 @@ def _top_k_buckets(
     8 rows of 1024 tokens over a 152k vocabulary)."""
     step = max(16, 2**22 // weight.shape[0])  # <= 16 MiB of fp32 logits per tile
     ids, logprobs, tails = [], [], []
+    from hf_retain.distill.divergence import head_logprobs
+
     for start in range(0, hidden.shape[0], step):
-        logits = hidden[start:start + step].float() @ weight.float().t()
-        if bias is not None:
-            logits = logits + bias.float()
-        logits = logits * scale
-        if softcap is not None:
-            logits = softcap * torch.tanh(logits / softcap)
-        lp = torch.log_softmax(logits / temperature, dim=-1)
+        lp = head_logprobs(hidden[start:start + step], weight, bias, scale, softcap, temperature)
         top_lp, top_ids = lp.topk(k, dim=-1)
         ids.append(top_ids)
         logprobs.append(top_lp)

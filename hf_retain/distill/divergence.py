@@ -189,18 +189,27 @@ def chunked_divergence_sum(
     return per_token.sum()
 
 
-def _bucket_logprobs(
-    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ids: torch.Tensor, scale: float,
-    softcap: float | None, temperature: float,
+def head_logprobs(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, scale: float, softcap: float | None,
+    temperature: float,
 ) -> torch.Tensor:
-    """Student log-probs over the teacher's top-k buckets plus the tail bucket: ``[n, k + 1]``."""
+    """Next-token log-probs ``[n, V]`` (fp32) of hidden states ``[n, H]`` through an LM head, with the model's logit
+    scaling and soft-capping, at ``temperature``. Callers keep ``n`` small: this is one tile."""
     logits = hidden.float() @ weight.float().t()
     if bias is not None:
         logits = logits + bias.float()
     logits = logits * scale
     if softcap is not None:
         logits = softcap * torch.tanh(logits / softcap)
-    logprobs = torch.log_softmax(logits / temperature, dim=-1)
+    return torch.log_softmax(logits / temperature, dim=-1)
+
+
+def _bucket_logprobs(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, ids: torch.Tensor, scale: float,
+    softcap: float | None, temperature: float,
+) -> torch.Tensor:
+    """Student log-probs over the teacher's top-k buckets plus the tail bucket: ``[n, k + 1]``."""
+    logprobs = head_logprobs(hidden, weight, bias, scale, softcap, temperature)
     top = logprobs.gather(-1, ids)
     tail = torch.logsumexp(logprobs.scatter(-1, ids, float("-inf")), dim=-1, keepdim=True)
     return torch.cat([top, tail], dim=-1)

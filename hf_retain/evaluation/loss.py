@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from hf_retain.data.batching import right_pad
+
 __all__ = ["evaluate_loss"]
 
 
@@ -43,12 +45,7 @@ def evaluate_loss(
     try:
         for start in range(0, len(order), batch_size):
             batch = [rows[i] for i in order[start:start + batch_size]]
-            width = max(len(r) for r in batch)
-            input_ids = torch.zeros(len(batch), width, dtype=torch.long)
-            mask = torch.zeros(len(batch), width, dtype=torch.long)
-            for j, row in enumerate(batch):
-                input_ids[j, : len(row)] = torch.tensor(row)
-                mask[j, : len(row)] = 1
+            input_ids, mask = right_pad(batch)
             input_ids, mask = input_ids.to(device), mask.to(device)
             logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
             targets = input_ids[:, 1:]

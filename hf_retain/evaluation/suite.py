@@ -43,6 +43,7 @@ from typing import Any
 
 import torch
 
+from hf_retain.data.batching import right_pad
 from hf_retain.evaluation.loss import evaluate_loss
 
 logger = logging.getLogger(__name__)
@@ -350,12 +351,7 @@ def score_continuations(
     try:
         for start in range(0, len(order), batch_size):
             idx = order[start:start + batch_size]
-            width = max(len(seqs[i]) for i in idx)
-            input_ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-            mask = torch.zeros(len(idx), width, dtype=torch.long)
-            for j, i in enumerate(idx):  # right padding: positions of real tokens are unchanged
-                input_ids[j, : len(seqs[i])] = torch.tensor(seqs[i])
-                mask[j, : len(seqs[i])] = 1
+            input_ids, mask = right_pad([seqs[i] for i in idx], pad_id)  # real tokens keep their positions
             logits = model(input_ids=input_ids.to(device), attention_mask=mask.to(device)).logits.float()
             logprobs = torch.log_softmax(logits, dim=-1)
             for j, i in enumerate(idx):
