@@ -42,6 +42,16 @@ class ReplayColumnError(ValueError):
     """Replay rows do not have the columns (or token ids) the training rows have."""
 
 
+def _column_difference(expected: Iterable[str], got: Iterable[str]) -> tuple[str, bool] | None:
+    """``(column, missing)`` for the first column in which ``got`` differs from ``expected`` (``missing``: the column
+    is absent from ``got``; otherwise only ``got`` has it), or None when both have the same columns."""
+    expected, got = set(expected), set(got)
+    missing, extra = sorted(expected - got), sorted(got - expected)
+    if missing:
+        return missing[0], True
+    return (extra[0], False) if extra else None
+
+
 def _as_rng(rng: np.random.Generator | int | None) -> np.random.Generator:
     if isinstance(rng, np.random.Generator):
         return rng

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from hf_retain.mixin import REPLAY_MASK_KEY
-from hf_retain.replay.buffer import ReplayBuffer, ReplayColumnError
+from hf_retain.replay.buffer import ReplayBuffer, ReplayColumnError, _column_difference
 
 __all__ = ["ReplayCollator", "check_ratio", "REPLAY_UNITS"]
 
@@ -160,10 +160,9 @@ class ReplayCollator:
                 )
 
     def _check_rows(self, base: Mapping[str, Any], replay: Mapping[str, Any]) -> None:
-        if base.keys() != replay.keys():
-            missing = sorted(set(base) - set(replay))
-            extra = sorted(set(replay) - set(base))
-            column = (missing or extra)[0]
+        difference = _column_difference(base, replay)
+        if difference is not None:
+            column, missing = difference
             raise ReplayColumnError(
                 f"Replay rows and training rows have different columns: column {column!r} is "
                 f"{'missing from the replay rows' if missing else 'only in the replay rows'} (training columns "

@@ -22,7 +22,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from hf_retain.replay.buffer import ReplayColumnError
+from hf_retain.replay.buffer import ReplayColumnError, _column_difference
 from hf_retain.replay.collator import REPLAY_UNITS, check_ratio
 
 __all__ = ["mix_datasets", "mixing_probabilities"]
@@ -59,10 +59,9 @@ def _check_compatible(domain: Any, general: Any) -> None:
     d_features, g_features = getattr(domain, "features", None), getattr(general, "features", None)
     if d_features is None or g_features is None:
         return  # streaming datasets of unknown features: interleave_datasets checks what it can
-    if set(d_features) != set(g_features):
-        missing = sorted(set(d_features) - set(g_features))
-        extra = sorted(set(g_features) - set(d_features))
-        column = (missing or extra)[0]
+    difference = _column_difference(d_features, g_features)
+    if difference is not None:
+        column, missing = difference
         raise ReplayColumnError(
             f"mix_datasets: column {column!r} is {'missing from the general' if missing else 'only in the general'} "
             f"dataset (domain columns {sorted(d_features)}, general columns {sorted(g_features)}). Make both have the "
