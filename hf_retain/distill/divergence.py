@@ -63,7 +63,18 @@ def _chunked_divergence_function() -> type:
     return TiledToVocab
 
 
-class _OnePassDivergenceSum(torch.autograd.Function):
+class _GradientsInForward(torch.autograd.Function):
+    """Base of our divergences that compute their gradients in the forward (w.r.t. hidden states, head weight and head
+    bias: the first three inputs) and return a scalar: the backward scales the stashed gradients by the incoming
+    scalar. Subclasses save those three (None where not needed) and set ``ctx.dtypes`` and ``ctx.num_inputs``."""
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        grads = [None if g is None else (g * grad_total).to(dtype) for g, dtype in zip(ctx.saved_tensors, ctx.dtypes)]
+        return (*grads, *(None,) * (ctx.num_inputs - 3))
+
+
+class _OnePassDivergenceSum(_GradientsInForward):
     """The summed divergence and its gradients, all computed in the forward from TRL's torch tile functions.
 
     TRL's ChunkedDivergenceFunction folds vocabulary tiles into online-logsumexp statistics in the forward and
@@ -136,12 +147,8 @@ class _OnePassDivergenceSum(torch.autograd.Function):
                     grad_bias += s_tile.sum(dim=0, dtype=torch.float32)
         ctx.save_for_backward(grad_hidden, grad_weight, grad_bias)
         ctx.dtypes = (h_s.dtype, w_s.dtype, b_s.dtype if b_s is not None else None)
+        ctx.num_inputs = 12
         return total
-
-    @staticmethod
-    def backward(ctx, grad_total):
-        grads = [None if g is None else (g * grad_total).to(dtype) for g, dtype in zip(ctx.saved_tensors, ctx.dtypes)]
-        return (grads[0], grads[1], grads[2], *(None,) * 9)
 
 
 def chunked_divergence_sum(
@@ -225,7 +232,7 @@ def _generalized_jsd_sum() -> Any:
     return GKDTrainer.generalized_jsd_loss
 
 
-class _OfflineDivergenceSum(torch.autograd.Function):
+class _OfflineDivergenceSum(_GradientsInForward):
     """The summed bucket divergence and its gradients, computed in the forward one token tile at a time.
 
     Each tile is projected, scored and differentiated at once (one ``[tile, V]`` block alive), and only the gradients
@@ -268,12 +275,8 @@ class _OfflineDivergenceSum(torch.autograd.Function):
                 total += part.detach().float()
         ctx.save_for_backward(*grads)
         ctx.dtypes = (hidden.dtype, weight.dtype, bias.dtype if bias is not None else None)
+        ctx.num_inputs = 9
         return total
-
-    @staticmethod
-    def backward(ctx, grad_total):
-        grads = [None if g is None else (g * grad_total).to(dtype) for g, dtype in zip(ctx.saved_tensors, ctx.dtypes)]
-        return (*grads, *(None,) * 6)
 
 
 def offline_divergence_sum(
