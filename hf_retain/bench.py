@@ -24,8 +24,13 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from hf_retain.compare import Task, parse_arm, run_arm
 from hf_retain.config import RetentionConfig
+from hf_retain.data.corpora import write_builtin_corpora
+from hf_retain.data.loading import load_text_dataset
 from hf_retain.evaluation.report import ArmResult, RetentionReport
+from hf_retain.pretrain import pretrained_tiny_model, training_recipe
+from hf_retain.train import Recipe, run_recipe
 
 logger = logging.getLogger(__name__)
 
@@ -91,55 +96,15 @@ def _by_pretraining(arms: list[ArmResult], keys: dict[str, tuple[str, str, str]]
 
 
 def _recipe(model: str, dataset: str, settings: BenchSettings, output_dir: Path, steps: int, lr: float,
-            retention: RetentionConfig):
-    from trl import ModelConfig, SFTConfig
-
-    from hf_retain.train import DataArguments, Recipe
-
-    training = SFTConfig(
-        output_dir=str(output_dir), max_steps=steps, learning_rate=lr, lr_scheduler_type="cosine",
-        warmup_steps=max(1, steps // 20), per_device_train_batch_size=settings.batch_size,
-        max_length=settings.max_length, weight_decay=0.0, logging_steps=max(1, steps // 5), save_strategy="no",
-        report_to=[], seed=settings.seed, data_seed=settings.seed, use_cpu=True, optim="adamw_torch",
-        disable_tqdm=False,
-        # SFTConfig turns both on by default; on a CPU and a 0.9M-parameter model they make each step ~3x slower
-        # (bf16 autocast is emulated, checkpointing recomputes the forward) and bf16 changes the numbers.
-        bf16=False, gradient_checkpointing=False,
-    )
-    data = DataArguments(dataset_name=dataset, max_train_samples=steps * settings.batch_size)
-    return Recipe(model=ModelConfig(model_name_or_path=model), data=data, training=training, retention=retention,
-                  path="<bench>")
+            retention: RetentionConfig) -> Recipe:
+    return training_recipe(model, dataset, output_dir, steps=steps, lr=lr, batch_size=settings.batch_size,
+                           max_length=settings.max_length, seed=settings.seed, retention=retention)
 
 
-def pretrained_tiny_model(settings: BenchSettings | None = None, optimizer: str = "adamw") -> Path:
-    """The tiny model pretrained on the built-in general corpus with ``optimizer``, built once and cached under
-    `hf_retain.data.corpora.cache_dir()`; ``builtin:tiny-llama`` is the default (AdamW) one. Its model card
-    records the optimizer (lineage)."""
-    import shutil
-    import tempfile
-
-    from hf_retain.data.corpora import cache_dir, write_builtin_corpora
-    from hf_retain.train import run_recipe
-
-    settings = settings or BenchSettings()
-    target = cache_dir() / (f"tiny-llama-general-{optimizer}-s{settings.pretrain_steps}-lr{settings.pretrain_lr:g}-"
-                            f"b{settings.batch_size}x{settings.max_length}-seed{settings.seed}")
-    if (target / "model.safetensors").is_file():
-        return target
-    general_train = write_builtin_corpora(cache_dir() / "corpora" / "jsonl")["general_train"]
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
-    # Pretraining is not a fine-tune: nothing to check for consistency, but its lineage is recorded.
-    retention = RetentionConfig(optimizer=optimizer, consistency_policy="off", record_lineage=True)
-    logger.info("pretraining the tiny model on the general corpus with %s for %d steps (cached for later runs)",
-                optimizer, settings.pretrain_steps)
-    run_recipe(_recipe("builtin:tiny-llama-init", str(general_train), settings, staging, settings.pretrain_steps,
-                       settings.pretrain_lr, retention))
-    if (target / "model.safetensors").is_file():  # another process finished first
-        shutil.rmtree(staging, ignore_errors=True)
-    else:
-        os.replace(staging, target)
-    return target
+def _pretrained_base(settings: BenchSettings, optimizer: str) -> Path:
+    """The cached tiny model pretrained on the built-in general corpus as ``settings`` say."""
+    return pretrained_tiny_model(optimizer, steps=settings.pretrain_steps, lr=settings.pretrain_lr,
+                                 batch_size=settings.batch_size, max_length=settings.max_length, seed=settings.seed)
 
 
 def _quiet_libraries() -> None:
@@ -168,10 +133,6 @@ def run_retention_benchmark(
 
     With the built-in general corpus, pretrained models are cached across runs (`pretrained_tiny_model`); with
     your own, they are pretrained into ``output_dir/pretrained``."""
-    from hf_retain.compare import Task, parse_arm, run_arm
-    from hf_retain.data.corpora import write_builtin_corpora
-    from hf_retain.train import load_text_dataset
-
     settings = settings or BenchSettings()
     _quiet_libraries()
     out = Path(output_dir)
@@ -200,7 +161,7 @@ def run_retention_benchmark(
         if own_general:
             base = _pretrain_on(general_train, p_opt, settings, out / "pretrained" / p_opt)
         else:
-            base = pretrained_tiny_model(settings, p_opt)
+            base = _pretrained_base(settings, p_opt)
         for f_opt in settings.finetune_optimizers:
             for method in settings.methods:
                 spec = f"{f_opt}{METHODS[method]}"
@@ -235,8 +196,6 @@ def run_retention_benchmark(
 
 
 def _pretrain_on(general_train: str, optimizer: str, settings: BenchSettings, target: Path) -> Path:
-    from hf_retain.train import run_recipe
-
     if not (target / "model.safetensors").is_file():
         retention = RetentionConfig(optimizer=optimizer, consistency_policy="off", record_lineage=True)
         run_recipe(_recipe("builtin:tiny-llama-init", general_train, settings, target, settings.pretrain_steps,
@@ -246,8 +205,6 @@ def _pretrain_on(general_train: str, optimizer: str, settings: BenchSettings, ta
 
 def _hold_out(name: str, out: Path, tag: str, fraction: float = 0.1) -> tuple[str, str]:
     """Split one corpus into train and held-out JSONL files (10% held out, fixed seed)."""
-    from hf_retain.train import load_text_dataset
-
     dataset = load_text_dataset(name)
     if "text" not in dataset.column_names:
         raise ValueError(f"{name} has columns {dataset.column_names}; the benchmark needs a 'text' column.")

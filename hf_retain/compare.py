@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from hf_retain.config import RetentionConfig
+from hf_retain.errors import ArmSpecError
 
 logger = logging.getLogger(__name__)
 
@@ -46,8 +47,6 @@ METHOD_DEFAULTS = {"ewc": 1e4, "l2sp": 1e-2, "distill": 1.0, "replay": 0.3}
 _ARM_NAME = re.compile(r"^[A-Za-z0-9_.+=-]+$")
 
 
-class ArmSpecError(ValueError):
-    """An arm spec names an unknown optimizer or method, or gives a bad value."""
 
 
 @dataclass(frozen=True)
@@ -179,7 +178,9 @@ def run_arm(
 ) -> ArmRecord:
     """Fine-tune one arm over ``rounds`` tasks (default all), evaluating after each round."""
     from hf_retain.evaluation.loss import evaluate_loss
-    from hf_retain.train import load_model, load_text_dataset, load_tokenizer, run_recipe
+    from hf_retain.data.loading import load_text_dataset
+    from hf_retain.models import load_model, load_tokenizer
+    from hf_retain.train import run_recipe
 
     rounds = len(tasks) if rounds is None else rounds
     if not 1 <= rounds <= len(tasks):
@@ -336,7 +337,8 @@ def run_comparison(
     overrides: list[str] | None = None,
 ) -> Comparison:
     """Run every arm of ``arms`` on the recipe and write the report; see the module docstring."""
-    from hf_retain.train import load_recipe, load_text_dataset
+    from hf_retain.data.loading import load_text_dataset
+    from hf_retain.train import load_recipe
 
     recipe = load_recipe(recipe_path, overrides or [])
     parsed = [parse_arm(a) for a in arms]

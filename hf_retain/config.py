@@ -17,11 +17,11 @@ import math
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
+from hf_retain.errors import ConfigError
+
 __all__ = ["RetentionConfig", "ConfigError"]
 
 
-class ConfigError(ValueError):
-    """A retention setting has a value outside what it allows."""
 
 
 def _check_choice(name: str, value: Any, allowed: tuple[Any, ...]) -> None:

@@ -15,7 +15,16 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["enable_fsdp_on_cpu", "broadcast_object", "end_distributed", "is_distributed", "world_size", "rank"]
+__all__ = ["enable_fsdp_on_cpu", "broadcast_object", "end_distributed", "is_distributed", "launched_world_size",
+           "world_size", "rank"]
+
+
+def launched_world_size() -> int:
+    """How many processes the launcher started (``WORLD_SIZE``), whether or not a process group exists yet."""
+    try:
+        return max(int(os.environ.get("WORLD_SIZE", "1")), 1)
+    except ValueError:
+        return 1
 
 
 def is_distributed() -> bool:

@@ -36,6 +36,9 @@ from typing import Any
 import yaml
 
 from hf_retain.config import RetentionConfig
+from hf_retain.data.loading import load_text_dataset
+from hf_retain.models import load_model, load_tokenizer, resolve_model
+from hf_retain.errors import RecipeError
 
 logger = logging.getLogger(__name__)
 
@@ -43,13 +46,8 @@ __all__ = ["DataArguments", "Recipe", "RecipeError", "load_recipe", "run_recipe"
            "load_tokenizer", "load_text_dataset", "save_final_model", "main"]
 
 MAX_RECIPE_BYTES = 1 << 20  # a recipe is a page of YAML; refuse anything larger than 1 MiB unread
-BUILTIN_PREFIX = "builtin:"
-BUILTIN_DATASETS = ("general", "domain")
-BUILTIN_MODELS = ("tiny-llama", "tiny-llama-init")
 
 
-class RecipeError(ValueError):
-    """A recipe, model or dataset cannot be used as given; the message says what was wrong and how to fix it."""
 
 
 @dataclass
@@ -196,137 +194,7 @@ def load_recipe(path: str, overrides: Sequence[str] = ()) -> Recipe:
     return Recipe(model=model_args, data=data_args, training=training_args, retention=retention, path=path)
 
 
-# ---- models and data ---------------------------------------------------------------------------------------------
-def _offline() -> bool:
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE)
-
-
-def resolve_model(name: str) -> str:
-    """A loadable model path for ``name``; ``builtin:tiny-llama`` is the tiny model pretrained on the general corpus
-    (built and cached on first use), ``builtin:tiny-llama-init`` the untrained one."""
-    if name.startswith(BUILTIN_PREFIX):
-        which = name[len(BUILTIN_PREFIX):]
-        if which == "tiny-llama-init":
-            from hf_retain.assets import TINY_LLAMA_DIR
-
-            return str(TINY_LLAMA_DIR)
-        if which == "tiny-llama":
-            from hf_retain.bench import pretrained_tiny_model
-
-            return str(pretrained_tiny_model())
-        raise RecipeError(f"Unknown builtin model {name!r}; builtin models are "
-                          f"{[BUILTIN_PREFIX + m for m in BUILTIN_MODELS]}.")
-    local = Path(name).expanduser()
-    if local.exists():
-        if not (local / "config.json").is_file():
-            raise RecipeError(f"Model path {name} exists but has no config.json, so it is not a saved model. Point "
-                              "model_name_or_path at a folder written by save_pretrained (or a hub id).")
-        return str(local)
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:  # a path, since hub ids are 'org/name'
-        raise RecipeError(f"Model path {name} does not exist. Check the path, or use a hub id like "
-                          "'HuggingFaceTB/SmolLM2-135M' or 'builtin:tiny-llama'.")
-    return name
-
-
-def _hub_error(kind: str, name: str, err: Exception) -> RecipeError:
-    if _offline():
-        return RecipeError(
-            f"The {kind} {name!r} is not a local path and is not in the Hugging Face cache, and HF_HUB_OFFLINE=1 "
-            f"forbids downloading it. Download it once with network access (`hf download {name}`), or point to a "
-            f"local folder, or unset HF_HUB_OFFLINE. ({type(err).__name__}: {err})"
-        )
-    return RecipeError(f"Could not load the {kind} {name!r}: {type(err).__name__}: {err}. Check the name on the "
-                       "Hugging Face Hub, your network and your token.")
-
-
-def load_tokenizer(name: str):
-    from transformers import AutoTokenizer
-
-    path = resolve_model(name)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=_offline())
-    except OSError as err:
-        raise _hub_error("tokenizer", name, err) from err
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
-
-
-def load_model(model_args: Any):
-    """Load (or, for ``builtin:tiny-llama-init``, build) the causal LM a recipe names."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    name = model_args.model_name_or_path
-    if not name:
-        raise RecipeError("The recipe sets no model_name_or_path. Add e.g. `model_name_or_path: builtin:tiny-llama`.")
-    path = resolve_model(name)
-    if name == BUILTIN_PREFIX + "tiny-llama-init":
-        from hf_retain.assets import build_tiny_model
-
-        return build_tiny_model(seed=0)
-    dtype = model_args.dtype if model_args.dtype in ("auto", None) else getattr(torch, model_args.dtype)
-    try:
-        return AutoModelForCausalLM.from_pretrained(
-            path, revision=model_args.model_revision, dtype=dtype, attn_implementation=model_args.attn_implementation,
-            local_files_only=_offline(),
-        )
-    except OSError as err:
-        raise _hub_error("model", name, err) from err
-
-
-_FILE_BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
-
-
-def load_text_dataset(name: str, split: str = "train", config: str | None = None, *, max_samples: int | None = None):
-    """A `datasets.Dataset` from a hub id, a local file or folder, or ``builtin:general`` / ``builtin:domain``."""
-    import datasets
-
-    if name.startswith(BUILTIN_PREFIX):
-        which = name[len(BUILTIN_PREFIX):]
-        if which not in BUILTIN_DATASETS:
-            raise RecipeError(f"Unknown builtin dataset {name!r}; builtin datasets are "
-                              f"{[BUILTIN_PREFIX + d for d in BUILTIN_DATASETS]} (splits 'train' and 'eval').")
-        from hf_retain.data.corpora import builtin_corpora
-
-        texts = builtin_corpora()[which]
-        if split not in texts:
-            raise RecipeError(f"Builtin dataset {name} has splits {sorted(texts)}, not {split!r}.")
-        dataset = datasets.Dataset.from_dict({"text": texts[split]})
-    else:
-        local = Path(name).expanduser()
-        try:
-            if local.is_file():
-                builder = _FILE_BUILDERS.get(local.suffix.lower())
-                if builder is None:
-                    raise RecipeError(f"Dataset file {name} has suffix {local.suffix!r}; hf_retain reads "
-                                      f"{sorted(_FILE_BUILDERS)} files. Convert it or use a folder.")
-                dataset = datasets.load_dataset(builder, data_files=str(local), split="train")
-            elif local.is_dir() and (local / "dataset_info.json").is_file():
-                loaded = datasets.load_from_disk(str(local))
-                dataset = loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
-            elif local.is_dir():
-                dataset = datasets.load_dataset(str(local), config, split=split)
-            elif name.startswith((".", "/", "~")) or Path(name).suffix.lower() in _FILE_BUILDERS:
-                raise RecipeError(f"Dataset path {name} does not exist. Check the path (relative paths are resolved "
-                                  f"from {Path.cwd()}).")
-            else:
-                dataset = datasets.load_dataset(name, config, split=split)
-        except RecipeError:
-            raise
-        except (FileNotFoundError, ConnectionError, OSError) as err:
-            raise _hub_error("dataset", name, err) from err
-        except ValueError as err:  # e.g. an unknown split
-            raise RecipeError(f"Could not load split {split!r} of dataset {name}: {err}") from err
-    if len(dataset) == 0:
-        raise RecipeError(f"Dataset {name} (split {split!r}) is empty; point the recipe at data with rows.")
-    if max_samples is not None:
-        dataset = dataset.select(range(min(max_samples, len(dataset))))
-    return dataset
-
-
+# ---- data checks -----------------------------------------------------------------------------------------------
 def _check_columns(dataset: Any, training: Any, name: str) -> None:
     columns = set(dataset.column_names)
     usable = {training.dataset_text_field, "messages", "prompt", "input_ids"}

@@ -30,6 +30,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from hf_retain.callbacks._handler import calling_handler
+from hf_retain.errors import OptimizerMismatchError
 from hf_retain.lineage.finetune import FinetuneOptimizer, finetune_optimizer
 from hf_retain.lineage.info import OptimizerInfo, canonical_optimizer_name, same_family
 from hf_retain.lineage.reader import lookup_pretraining_optimizer
@@ -40,8 +41,6 @@ logger = logging.getLogger(__name__)
 _POLICIES = ("warn", "error", "off")
 
 
-class OptimizerMismatchError(RuntimeError):
-    """Raised by ``policy="error"`` before the first step when the optimizers differ."""
 
 
 class OptimizerMismatchWarning(UserWarning):

@@ -27,7 +27,7 @@ def run(args: argparse.Namespace) -> int:
     import logging
 
     from hf_retain.compare import ArmSpecError, merge_arm_files, run_comparison
-    from hf_retain.train import RecipeError
+    from hf_retain.errors import RecipeError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:

@@ -46,7 +46,9 @@ def run(args: argparse.Namespace) -> int:
     from transformers import AutoModelForCausalLM
 
     from hf_retain.distill.cache import DistillCacheError, build_distill_cache
-    from hf_retain.train import RecipeError, load_text_dataset, load_tokenizer, resolve_model
+    from hf_retain.data.loading import load_text_dataset
+    from hf_retain.errors import RecipeError
+    from hf_retain.models import load_tokenizer, resolve_model
 
     try:
         if args.top_k < 1 or args.max_length < 2 or args.batch_size < 1 or not args.temperature > 0:

@@ -115,7 +115,7 @@ def _fmt(value: float, sign: str = "") -> str:
 def _load(name: str, tokenizer_name: str | None) -> tuple[Any, Any]:
     from trl import ModelConfig
 
-    from hf_retain.train import load_model, load_tokenizer
+    from hf_retain.models import load_model, load_tokenizer
 
     model = load_model(ModelConfig(model_name_or_path=name))
     return model, load_tokenizer(tokenizer_name or name)
@@ -224,7 +224,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hf_retain.evaluation.suite import SuiteError
-    from hf_retain.train import RecipeError
+    from hf_retain.errors import RecipeError
 
     try:
         report = run_gate(args.baseline, args.candidate, args.suite, max_regression=args.max_regression,

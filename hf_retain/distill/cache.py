@@ -41,6 +41,8 @@ from typing import Any
 
 import torch
 
+from hf_retain.errors import DistillCacheError
+
 __all__ = [
     "DistillCacheError",
     "OfflineTeacherCache",
@@ -56,8 +58,6 @@ FINGERPRINT_FILE = "fingerprint.json"
 INDEX_FILE = "index.json"
 
 
-class DistillCacheError(ValueError):
-    """The offline teacher cache is missing, malformed, or does not match the training data or tokenizer."""
 
 
 def row_key(token_ids: Sequence[int] | torch.Tensor) -> str:

@@ -33,6 +33,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from hf_retain.errors import TeacherError
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -55,8 +57,6 @@ __all__ = [
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-class TeacherError(ValueError):
-    """The requested teacher cannot be built (vocabulary mismatch, no room for a snapshot, unsupported layout)."""
 
 
 @functools.cache

@@ -44,6 +44,7 @@ from typing import Any
 import torch
 
 from hf_retain.data.batching import right_pad
+from hf_retain.errors import SuiteError
 from hf_retain.evaluation.loss import evaluate_loss
 
 logger = logging.getLogger(__name__)
@@ -66,8 +67,6 @@ __all__ = [
 ]
 
 
-class SuiteError(ValueError):
-    """A suite file, an evaluator's settings or its data cannot be used; the message says what and how to fix it."""
 
 
 # ---- results -----------------------------------------------------------------------------------------------------
@@ -863,7 +862,8 @@ def _load_data(spec: dict[str, Any], what: str, base_dir: Path | None) -> Any:
     if isinstance(data, list):
         rows = data
     elif isinstance(data, str):
-        from hf_retain.train import RecipeError, load_text_dataset
+        from hf_retain.data.loading import load_text_dataset
+        from hf_retain.errors import RecipeError
 
         name = data
         if base_dir is not None and not data.startswith("builtin:") and not Path(data).is_absolute():

@@ -31,6 +31,8 @@ from typing import Any
 
 import torch
 
+from hf_retain.errors import FisherError
+
 __all__ = ["FisherState", "FisherError", "estimate_fisher", "trainable_parameters", "FISHER_METHODS"]
 
 FISHER_METHODS = ("empirical", "true", "batch")
@@ -42,8 +44,6 @@ IGNORE_INDEX = -100
 _WRAPPER_PREFIXES = ("_orig_mod.", "_checkpoint_wrapped_module.", "_fsdp_wrapped_module.")
 
 
-class FisherError(ValueError):
-    """A Fisher state or the data to estimate one is unusable (NaN, empty, wrong model, missing labels)."""
 
 
 def clean_name(name: str) -> str:

@@ -318,7 +318,7 @@ class EWCMixin(RetentionMixin):
                 return {k: v for k, v in out.items() if k in ("input_ids", "attention_mask", "labels")}
 
             return rows, collate
-        from hf_retain.train import load_text_dataset
+        from hf_retain.data.loading import load_text_dataset
 
         dataset = load_text_dataset(source, max_samples=self.retention.ewc_fisher_samples)
         if "input_ids" in dataset.column_names:

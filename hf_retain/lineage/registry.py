@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
+from hf_retain.errors import RegistryError
 from hf_retain.lineage.card import safe_yaml_load
 from hf_retain.lineage.info import OptimizerInfo, canonical_optimizer_name
 
@@ -26,8 +27,6 @@ REPO_ID_CONFIDENCE = 0.7
 MODEL_TYPE_CONFIDENCE = 0.3
 
 
-class RegistryError(ValueError):
-    """registry.yaml is malformed (a missing source, an unknown key, a bad optimizer name)."""
 
 
 @dataclass(frozen=True)

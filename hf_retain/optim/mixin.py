@@ -60,6 +60,13 @@ def _is_distributed() -> bool:
     return is_distributed()
 
 
+def _is_dummy_optim(optimizer: Any) -> bool:
+    """Whether DeepSpeed will build the optimizer from its config (accelerate's placeholder; DeepSpeed runs only)."""
+    from accelerate.utils import DummyOptim  # importable only where DeepSpeed is installed
+
+    return isinstance(optimizer, DummyOptim)
+
+
 def _allowed_hparams(name: str) -> tuple[str, ...]:
     """``optimizer_hparams(name)``, plus DeepSpeed's ``ns_method`` for Muon (used only under DeepSpeed)."""
     return (*optimizer_hparams(name), "ns_method") if name == "muon" else optimizer_hparams(name)
@@ -203,9 +210,7 @@ class OptimizerMixin(RetentionMixin):
     def create_optimizer(self, model: Any = None):
         if not self._active():
             return super().create_optimizer(model)  # type: ignore[misc]
-        from accelerate.utils import DummyOptim
-
-        if isinstance(self.optimizer, DummyOptim):  # type: ignore[attr-defined]
+        if getattr(self, "is_deepspeed_enabled", False) and _is_dummy_optim(self.optimizer):  # type: ignore[attr-defined]
             # DeepSpeed builds the optimizer from its config; give it our param groups (LR rule, no-decay split).
             if self._deepspeed_muon and not getattr(self.optimizer, "_hf_retain_groups", False):
                 self._fill_deepspeed_groups(self.optimizer, self.model if model is None else model)  # type: ignore[attr-defined]

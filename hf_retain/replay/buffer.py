@@ -31,6 +31,8 @@ from typing import Any
 
 import numpy as np
 
+from hf_retain.errors import ReplayColumnError
+
 __all__ = ["ReplayBuffer", "ReplayColumnError"]
 
 STATE_FILE = "replay_buffer.json"
@@ -38,8 +40,6 @@ DATA_DIR = "data"
 QUOTAS = ("balanced", "proportional")
 
 
-class ReplayColumnError(ValueError):
-    """Replay rows do not have the columns (or token ids) the training rows have."""
 
 
 def _column_difference(expected: Iterable[str], got: Iterable[str]) -> tuple[str, bool] | None:

@@ -147,7 +147,7 @@ class ReplayMixin(RetentionMixin):
     def _load_replay_buffer(self) -> ReplayBuffer:
         import datasets
 
-        from hf_retain.train import load_text_dataset
+        from hf_retain.data.loading import load_text_dataset
 
         retention, args = self.retention, self.args  # type: ignore[attr-defined]
         raw = load_text_dataset(retention.replay_dataset)  # type: ignore[arg-type]
