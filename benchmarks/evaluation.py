@@ -28,7 +28,8 @@ from transformers import Trainer, TrainingArguments
 
 from hf_retain import build_tiny_model, builtin_corpora, load_tiny_tokenizer
 from hf_retain.callbacks.regression import RegressionEarlyStoppingCallback
-from hf_retain.evaluation.suite import LossEvaluator, RetentionSuite
+from hf_retain.evaluation.evaluators import LossEvaluator
+from hf_retain.evaluation.suite import RetentionSuite
 
 
 def tokenised_rows(texts: list[str], tok, max_length: int, count: int) -> Dataset:

@@ -34,7 +34,13 @@ from pathlib import Path
 from typing import Any
 
 from hf_retain.config import RetentionConfig
+from hf_retain.data.loading import load_text_dataset
 from hf_retain.errors import ArmSpecError
+from hf_retain.evaluation.loss import evaluate_loss
+from hf_retain.evaluation.plots import report_figure, scatter_learning_forgetting
+from hf_retain.metrics import RetentionMatrix, average_accuracy, backward_transfer, forward_transfer
+from hf_retain.models import load_model, load_tokenizer
+from hf_retain.train import load_recipe, run_recipe
 
 logger = logging.getLogger(__name__)
 
@@ -134,13 +140,9 @@ class ArmRecord:
     methods: list[str] = field(default_factory=list)
 
     def matrix(self):
-        from hf_retain.metrics import RetentionMatrix
-
         return RetentionMatrix(self.task_losses[1:], baseline=self.task_losses[0], higher_is_better=False)
 
     def summary(self) -> dict[str, float]:
-        from hf_retain.metrics import average_accuracy, backward_transfer, forward_transfer
-
         matrix = self.matrix()
         rounds = len(self.task_losses) - 1
         return {
@@ -177,11 +179,6 @@ def run_arm(
     eval_rows: int = 256,
 ) -> ArmRecord:
     """Fine-tune one arm over ``rounds`` tasks (default all), evaluating after each round."""
-    from hf_retain.evaluation.loss import evaluate_loss
-    from hf_retain.data.loading import load_text_dataset
-    from hf_retain.models import load_model, load_tokenizer
-    from hf_retain.train import run_recipe
-
     rounds = len(tasks) if rounds is None else rounds
     if not 1 <= rounds <= len(tasks):
         raise ValueError(f"rounds={rounds} but the recipe lists {len(tasks)} tasks; use 1..{len(tasks)}.")
@@ -264,8 +261,6 @@ class Comparison:
         return "\n".join(lines) + "\n"
 
     def plot(self, out_dir: Path) -> list[Path]:
-        from hf_retain.evaluation.plots import report_figure, scatter_learning_forgetting
-
         points = [(r.arm, r.summary()["learning"], r.summary()["general_drift"]) for r in self.records]
         paths = [scatter_learning_forgetting(points, out_dir / "learning_vs_forgetting.png",
                                              xlabel="learning (first-task loss decrease)",
@@ -337,9 +332,6 @@ def run_comparison(
     overrides: list[str] | None = None,
 ) -> Comparison:
     """Run every arm of ``arms`` on the recipe and write the report; see the module docstring."""
-    from hf_retain.data.loading import load_text_dataset
-    from hf_retain.train import load_recipe
-
     recipe = load_recipe(recipe_path, overrides or [])
     parsed = [parse_arm(a) for a in arms]
     if len({a.name for a in parsed}) != len(parsed):

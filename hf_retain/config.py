@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from hf_retain.errors import ConfigError
+from hf_retain.optim.policy import OPTIMIZER_NAMES
+from hf_retain.replay.curriculum import CurriculumSchedule
 
 __all__ = ["RetentionConfig", "ConfigError"]
 
@@ -235,7 +237,7 @@ class RetentionConfig:
             if not isinstance(self.optimizer, str) or not self.optimizer.strip():
                 raise ConfigError(f"RetentionConfig.optimizer={self.optimizer!r} must be an optimizer name or None.")
             self.optimizer = self.optimizer.strip().lower()
-            _check_choice("optimizer", self.optimizer, ("adamw", "adam", "adafactor", "sgd", "muon", "auto"))
+            _check_choice("optimizer", self.optimizer, OPTIMIZER_NAMES)
         if self.optimizer_kwargs is not None and not isinstance(self.optimizer_kwargs, dict):
             raise ConfigError(f"RetentionConfig.optimizer_kwargs={self.optimizer_kwargs!r} must be a mapping.")
         _check_range("mismatch_lr_scale", self.mismatch_lr_scale, 0.0, 1.0, low_open=True)
@@ -260,6 +262,13 @@ class RetentionConfig:
                 f"RetentionConfig.distill_teacher={self.distill_teacher!r} needs distill_teacher_path "
                 "(a checkpoint folder for 'path', a cache folder from `hf-retain distill-cache` for 'offline')."
             )
+        if self.distill_teacher == "base" and self.distill_teacher_path:
+            raise ConfigError(
+                f"RetentionConfig.distill_teacher_path={self.distill_teacher_path!r} is set, but distill_teacher="
+                "'base' distils toward the model as it was at train begin and would ignore it. Set "
+                "distill_teacher='path' (the path is a checkpoint) or distill_teacher='offline' (it is a cache folder "
+                "from `hf-retain distill-cache`), or drop distill_teacher_path."
+            )
         if self.distill_teacher_dtype is not None:
             _check_choice("distill_teacher_dtype", self.distill_teacher_dtype, ("bfloat16", "float16", "float32"))
         if self.distill_teacher_device is not None and (
@@ -281,8 +290,6 @@ class RetentionConfig:
                 "set replay_ratio > 0 (with replay_dataset) or distill_on='train'."
             )
         if self.curriculum is not None:
-            from hf_retain.replay.curriculum import CurriculumSchedule  # pure Python: cheap to import here
-
             if not isinstance(self.curriculum, list):
                 raise ConfigError(f"RetentionConfig.curriculum={self.curriculum!r} must be a list of phases.")
             try:

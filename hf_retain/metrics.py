@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from hf_retain.evaluation.plots import report_figure, scatter_learning_forgetting
+
 __all__ = ["RetentionMatrix", "average_accuracy", "backward_transfer", "forward_transfer", "forgetting"]
 
 
@@ -132,8 +134,6 @@ class RetentionMatrix:
     # ---- plots ---------------------------------------------------------------------------------------------------
     def plot_heatmap(self, path: str | os.PathLike[str], *, title: str = "retention matrix") -> Path:
         """Heatmap of R (rows: after training task j; columns: evaluated task i), values annotated."""
-        from hf_retain.evaluation.plots import report_figure
-
         size = self.num_tasks
         with report_figure(path, figsize=(1.2 * size + 2.4, 1.0 * size + 1.6)) as (fig, ax):
             image = ax.imshow(self.scores, cmap="viridis_r" if not self.higher_is_better else "viridis")
@@ -151,8 +151,6 @@ class RetentionMatrix:
 
     def plot_learning_forgetting(self, path: str | os.PathLike[str], *, title: str = "learning vs forgetting") -> Path:
         """Per task: learning (x: gain from training it, R[i,i] - R[i-1,i]) against forgetting (y)."""
-        from hf_retain.evaluation.plots import scatter_learning_forgetting
-
         forgot = [*forgetting(self), 0.0]  # the last task cannot have been forgotten yet
         return scatter_learning_forgetting(list(zip(self.task_names, learning(self), forgot)), path, title=title,
                                            xlabel="learning: gain when the task was trained",

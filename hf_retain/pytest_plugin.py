@@ -14,11 +14,12 @@ fixture machinery.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from hf_retain.cli.gate import GateReport, run_gate
+if TYPE_CHECKING:
+    from hf_retain.evaluation.gate import GateReport
 
 __all__ = ["assert_no_regression", "retention_gate"]
 
@@ -35,6 +36,10 @@ def assert_no_regression(
     report_dir: str | Path | None = None,
 ) -> GateReport:
     """Run `run_gate` and fail the current test (``pytest.fail``) when the candidate regressed."""
+    # pytest loads this plugin in every session of an environment where hf_retain is installed: the gate (torch,
+    # transformers) is imported when a test uses it, not at pytest's start.
+    from hf_retain.evaluation.gate import run_gate
+
     report = run_gate(baseline, candidate, suite, max_regression=max_regression, relative=relative,
                       per_benchmark_thresholds=per_benchmark_thresholds, tokenizer=tokenizer, report_dir=report_dir)
     if not report.passed:

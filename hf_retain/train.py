@@ -36,14 +36,17 @@ from typing import Any
 import yaml
 
 from hf_retain.config import RetentionConfig
-from hf_retain.data.loading import load_text_dataset
-from hf_retain.models import load_model, load_tokenizer, resolve_model
-from hf_retain.errors import RecipeError
+from hf_retain.data.loading import DATA_FILE_SUFFIXES, load_text_dataset
+from hf_retain.distributed import end_distributed
+from hf_retain.errors import RecipeError, RetentionError
+from hf_retain.evaluation.suite import check_suite_file
+from hf_retain.models import BUILTIN_PREFIX, load_model, load_tokenizer
+from hf_retain.trainer import build_trainer
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["DataArguments", "Recipe", "RecipeError", "load_recipe", "run_recipe", "resolve_model", "load_model",
-           "load_tokenizer", "load_text_dataset", "save_final_model", "main"]
+__all__ = ["DataArguments", "Recipe", "check_recipe_files", "load_recipe", "main", "recipe_local_files", "run_recipe",
+           "save_final_model"]
 
 MAX_RECIPE_BYTES = 1 << 20  # a recipe is a page of YAML; refuse anything larger than 1 MiB unread
 
@@ -206,11 +209,54 @@ def _check_columns(dataset: Any, training: Any, name: str) -> None:
         )
 
 
+def _looks_local(name: str) -> bool:
+    """Whether ``name`` is meant as a local path (hub ids are 'org/name' without a data-file suffix)."""
+    return (name.startswith((".", "/", "~")) or Path(name).suffix.lower() in DATA_FILE_SUFFIXES
+            or name.endswith((".yaml", ".yml")) or name.count("/") > 1)
+
+
+def recipe_local_files(recipe: Recipe) -> dict[str, str]:
+    """``{recipe key: path}`` for every local file or folder the recipe names (hub ids and builtins excluded)."""
+    data, retention, training = recipe.data, recipe.retention, recipe.training
+    named: dict[str, Any] = {
+        "model_name_or_path": recipe.model.model_name_or_path, "dataset_name": data.dataset_name,
+        "eval_dataset_name": data.eval_dataset_name, "general_eval_dataset": data.general_eval_dataset,
+        "replay_dataset": retention.replay_dataset, "ewc_fisher": retention.ewc_fisher,
+        "ewc_fisher_dataset": retention.ewc_fisher_dataset, "distill_teacher_path": retention.distill_teacher_path,
+        "regression_suite": retention.regression_suite,
+    }
+    if isinstance(training.resume_from_checkpoint, str) and training.resume_from_checkpoint not in ("True", "False"):
+        named["resume_from_checkpoint"] = training.resume_from_checkpoint
+    for i, task in enumerate(data.tasks or []):
+        task = task if isinstance(task, dict) else {"dataset_name": task}
+        for key in ("dataset_name", "eval_dataset_name"):
+            named[f"tasks[{i}].{key}"] = task.get(key)
+    return {key: value for key, value in named.items() if isinstance(value, str) and value
+            and not value.startswith(BUILTIN_PREFIX) and (_looks_local(value) or Path(value).expanduser().exists())}
+
+
+def check_recipe_files(recipe: Recipe) -> None:
+    """Raise `RecipeError` naming the first local file the recipe names that does not exist, and the suite files
+    of ``regression_suite`` (so `--dry-run` catches a typo before any model is loaded)."""
+    for key, value in recipe_local_files(recipe).items():
+        if not Path(value).expanduser().exists():
+            raise RecipeError(f"Recipe {recipe.path}: {key}={value!r} does not exist (relative paths are resolved from "
+                              f"{Path.cwd()}). Fix the path, or use a hub id or a builtin: name.")
+    suite = recipe.retention.regression_suite
+    if suite:
+        for data_file in check_suite_file(suite):
+            if not data_file.exists():
+                raise RecipeError(f"Recipe {recipe.path}: regression_suite {suite} names the data file {data_file}, "
+                                  "which does not exist. Fix the path in the suite YAML (relative paths are resolved "
+                                  "from the suite's folder).")
+
+
 # ---- running -----------------------------------------------------------------------------------------------------
 def run_recipe(recipe: Recipe, *, callbacks: Sequence[Any] = (), model: Any = None) -> Any:
     """Load everything a recipe names, train, save; returns the trainer (its model is the trained model)."""
     from trl import get_peft_config
 
+    check_recipe_files(recipe)
     data, training = recipe.data, recipe.training
     if not data.dataset_name:
         raise RecipeError(f"Recipe {recipe.path} sets no dataset_name. Add e.g. `dataset_name: builtin:domain`.")
@@ -225,9 +271,6 @@ def run_recipe(recipe: Recipe, *, callbacks: Sequence[Any] = (), model: Any = No
     tokenizer = load_tokenizer(recipe.model.model_name_or_path)
     if model is None:
         model = load_model(recipe.model)
-
-    from hf_retain.trainer import build_trainer
-
     trainer = build_trainer(
         model, training, retention=recipe.retention, train_dataset=train_dataset, eval_dataset=eval_dataset,
         processing_class=tokenizer, callbacks=list(callbacks), peft_config=get_peft_config(recipe.model),
@@ -265,10 +308,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         recipe = load_recipe(path, overrides)
         run_recipe(recipe)
-        from hf_retain.distributed import end_distributed
-
         end_distributed()
-    except RecipeError as err:
+    except RetentionError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     return 0

@@ -3,11 +3,13 @@
 Each retention method is a mixin beside its own code (EWC in `hf_retain.ewc`, distillation in `hf_retain.distill`,
 ...). The compositions here stack every mixin on top of transformers' `Trainer` or TRL's `SFTTrainer`; every mixin
 is a no-op unless its `RetentionConfig` switch is on, so a plain `RetentionConfig()` trains exactly like the base
-class. Users with their own Trainer subclass compose the mixins they want instead:
+class. `RetentionMixin` (their common base) turns the config into state and callbacks, so a class users compose from
+the mixins themselves behaves the same:
 
     >>> from trl import SFTTrainer
-    >>> from hf_retain.mixin import RetentionMixin
-    >>> class MyTrainer(RetentionMixin, SFTTrainer): ...
+    >>> from hf_retain.ewc.mixin import EWCMixin
+    >>> from hf_retain.replay.mixin import ReplayMixin
+    >>> class MyTrainer(EWCMixin, ReplayMixin, SFTTrainer): ...
 """
 
 from __future__ import annotations
@@ -18,17 +20,16 @@ from transformers import Trainer, TrainerCallback
 from trl import SFTTrainer
 
 from hf_retain.config import RetentionConfig
-from hf_retain.distill import DistillationMixin
-from hf_retain.ewc import EWCMixin
+from hf_retain.distill.mixin import DistillationMixin
+from hf_retain.ewc.mixin import EWCMixin
 from hf_retain.mixin import RetentionMixin
-from hf_retain.optim import OptimizerMixin
+from hf_retain.optim.mixin import OptimizerMixin
 from hf_retain.replay.mixin import ReplayMixin
 
-__all__ = ["RetentionTrainer", "RetentionSFTTrainer", "build_trainer", "retention_callbacks"]
+__all__ = ["RETENTION_MIXINS", "RetentionTrainer", "RetentionSFTTrainer", "build_trainer"]
 
-# Mixins stacked left of the base Trainer, outermost first. compute_loss runs EWC (adds the penalty) around
-# distillation (which pops the replay mask) around the Trainer's loss; ReplayMixin wraps the training collator the
-# Trainer built; OptimizerMixin builds the optimizer RetentionConfig.optimizer names.
+# Every method's mixin, in the order the ready compositions stack them (any order trains the same; see
+# hf_retain.mixin for the contract).
 RETENTION_MIXINS: tuple[type, ...] = (OptimizerMixin, EWCMixin, DistillationMixin, ReplayMixin)
 
 
@@ -40,52 +41,17 @@ class RetentionSFTTrainer(*RETENTION_MIXINS, RetentionMixin, SFTTrainer):  # typ
     """`trl.SFTTrainer` plus every hf_retain method, driven by ``retention=RetentionConfig(...)``."""
 
 
-def retention_callbacks(retention: RetentionConfig) -> list[TrainerCallback]:
-    """The callbacks a `RetentionConfig` asks for: the optimizer-consistency check, the lineage writer and the
-    regression guard. (ReplayMixin adds the curriculum callback itself when `curriculum` is set.)"""
-    from hf_retain.callbacks.consistency import OptimizerConsistencyCallback
-    from hf_retain.callbacks.lineage import LineageCallback
-    from hf_retain.callbacks.regression import RegressionEarlyStoppingCallback
-
-    callbacks: list[TrainerCallback] = []
-    if retention.consistency_policy != "off":
-        callbacks.append(OptimizerConsistencyCallback(policy=retention.consistency_policy, retention=retention))
-    if retention.record_lineage:
-        callbacks.append(LineageCallback(retention=retention))
-    guard = RegressionEarlyStoppingCallback.from_retention_config(retention)
-    if guard is not None:
-        callbacks.append(guard)
-    return callbacks
-
-
 def build_trainer(
     model: Any,
     args: Any,
     *,
     retention: RetentionConfig | None = None,
-    train_dataset: Any = None,
-    eval_dataset: Any = None,
-    processing_class: Any = None,
-    data_collator: Any = None,
     callbacks: list[TrainerCallback] | None = None,
     sft: bool = True,
     **kwargs: Any,
 ) -> Trainer:
-    """Compose the trainer a recipe describes: the retention Trainer class, its callbacks, and its collator.
-
-    The CLI, the recipes, the demo and the notebooks all build their trainer here, so there is one path.
-    """
-    retention = retention if retention is not None else RetentionConfig()
+    """`RetentionSFTTrainer` (or, with ``sft=False``, `RetentionTrainer`) with these arguments: the one trainer the
+    recipe runner, the demo, the benchmark and the notebooks build. Callbacks the config asks for are added by the
+    trainer itself."""
     trainer_cls = RetentionSFTTrainer if sft else RetentionTrainer
-    all_callbacks = retention_callbacks(retention) + list(callbacks or [])
-    return trainer_cls(
-        model=model,
-        args=args,
-        retention=retention,
-        train_dataset=train_dataset,
-        eval_dataset=eval_dataset,
-        processing_class=processing_class,
-        data_collator=data_collator,
-        callbacks=all_callbacks,
-        **kwargs,
-    )
+    return trainer_cls(model=model, args=args, retention=retention, callbacks=callbacks, **kwargs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import subprocess
 import sys
@@ -17,6 +18,9 @@ collect_ignore_glob = ["distributed/*"]
 
 REPO = Path(__file__).resolve().parents[1]
 DISTRIBUTED_SCRIPTS = Path(__file__).resolve().parent / "distributed"
+# The folder holding the hf_retain this session imports (the checkout, or site-packages in the plain leg of
+# `make test`); launched scripts get it on PYTHONPATH so they run the same copy.
+HF_RETAIN_ROOT = Path(importlib.util.find_spec("hf_retain").origin).resolve().parents[1]
 
 # accelerate launch flags for each back-end, all on CPU with 2 processes.
 LAUNCH_FLAGS: dict[str, list[str]] = {
@@ -25,6 +29,15 @@ LAUNCH_FLAGS: dict[str, list[str]] = {
     "zero2": ["--use_deepspeed", "--zero_stage", "2"],
     "zero3": ["--use_deepspeed", "--zero_stage", "3"],
 }
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """With HF_RETAIN_TEST_INSTALLED=1 (tests/plain/plain_leg.sh) the tests must run the installed package: refuse
+    to start when hf_retain would be imported from the checkout instead."""
+    if os.environ.get("HF_RETAIN_TEST_INSTALLED") == "1" and HF_RETAIN_ROOT == REPO:
+        raise pytest.UsageError(f"HF_RETAIN_TEST_INSTALLED=1 but hf_retain is imported from the checkout {REPO}; "
+                                "run pytest from outside the checkout with --import-mode=importlib, as "
+                                "tests/plain/plain_leg.sh does")
 
 
 def _free_port() -> int:
@@ -65,7 +78,7 @@ def run_distributed(tmp_path_factory):
             raise ValueError(f"backend {backend!r} is not one of {sorted(LAUNCH_FLAGS)}")
         if backend.startswith("zero"):
             pytest.importorskip("deepspeed")
-        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
+        env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(HF_RETAIN_ROOT), HF_HUB_OFFLINE="1")
         env["HF_RETAIN_TEST_TMP"] = str(tmp_path_factory.mktemp(f"{Path(script).stem.replace(' ', '_')}_{backend}"))
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1",
                "--main_process_port", str(_free_port()),

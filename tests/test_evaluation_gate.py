@@ -6,8 +6,9 @@ import pytest
 import torch
 
 from hf_retain.cli import main
-from hf_retain.cli.gate import run_gate
-from hf_retain.evaluation.suite import RetentionSuite, SuiteResult
+from hf_retain.evaluation.gate import run_gate
+from hf_retain.evaluation.results import SuiteResult
+from hf_retain.evaluation.suite import RetentionSuite
 
 SUITE = """
 benchmarks:
@@ -92,6 +93,59 @@ def test_gate_missing_suite_bad_suite_and_missing_model_exit_2(models, tmp_path,
     assert main(["gate", "--baseline", models["base"], "--candidate", str(tmp_path / "no_model"), "--suite",
                  models["suite"]]) == 2
     assert "does not exist" in capsys.readouterr().err
+
+
+def stored_scores(tmp_path, name, **scores):
+    path = tmp_path / name
+    SuiteResult.from_dict({k: {"score": v, "higher_is_better": False} for k, v in scores.items()}).save(path)
+    return str(path)
+
+
+def test_gate_compares_two_scores_files_without_loading_a_model(models, tmp_path, capsys):
+    base = stored_scores(tmp_path, "base.json", general=2.0, choices=1.0)
+    same = stored_scores(tmp_path, "same.json", general=2.0, choices=1.0)
+    worse = stored_scores(tmp_path, "worse.json", general=2.5, choices=1.0)
+    assert main(["gate", "--baseline", base, "--candidate", same, "--suite", models["suite"]]) == 0
+    assert main(["gate", "--baseline", base, "--candidate", worse, "--suite", models["suite"]]) == 1
+    assert "REGRESSED" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("side", ["baseline", "candidate"])
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ('{"passed": false, "checks": [], "baseline": {"step": null, "results": [{"name": "gen', "not valid JSON"),
+        ("\x00\xff\xfe not json", "cannot be read"),
+        ('{"general": 2.0}', "must be {'score': float"),
+    ],
+    ids=["truncated", "corrupt", "wrong-shape"],
+)
+def test_gate_with_a_broken_scores_file_cannot_evaluate(models, tmp_path, capsys, side, content, message):
+    """A broken scores file is exit 2 (cannot evaluate) with one message naming the file, never 1 (regressed)."""
+    broken = tmp_path / f"{side}.json"
+    if "\x00" in content:
+        broken.write_bytes(b"\x00\xff\xfe not json")
+    else:
+        broken.write_text(content, encoding="utf-8")
+    good = stored_scores(tmp_path, "good.json", general=2.0, choices=1.0)
+    baseline, candidate = (str(broken), good) if side == "baseline" else (good, str(broken))
+    code = main(["gate", "--baseline", baseline, "--candidate", candidate, "--suite", models["suite"]])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert f"Scores file {broken}" in captured.err and message in captured.err
+    assert len(captured.err.strip().splitlines()) == 1 and "Traceback" not in captured.err + captured.out
+    assert "REGRESSED" not in captured.out
+
+
+def test_gate_with_a_missing_scores_file_or_suite_cannot_evaluate(models, tmp_path, capsys):
+    good = stored_scores(tmp_path, "good.json", general=2.0, choices=1.0)
+    assert main(["gate", "--baseline", str(tmp_path / "gone.json"), "--candidate", good,
+                 "--suite", models["suite"]]) == 2
+    err = capsys.readouterr().err
+    assert f"Scores file {tmp_path / 'gone.json'} does not exist" in err and "Traceback" not in err
+    assert main(["gate", "--baseline", good, "--candidate", good, "--suite", str(tmp_path / "gone.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert f"Suite file {tmp_path / 'gone.yaml'} does not exist" in err and "Traceback" not in err
 
 
 def test_gate_counts_nan_and_failing_benchmarks_as_failures(tiny_model, tiny_tokenizer):

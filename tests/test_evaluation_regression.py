@@ -11,8 +11,11 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from hf_retain import RetentionConfig
 from hf_retain.callbacks.regression import RegressionEarlyStoppingCallback
+from hf_retain.errors import SuiteError
+from hf_retain.evaluation.evaluators import FunctionEvaluator, LossEvaluator
 from hf_retain.evaluation.loss import evaluate_loss
-from hf_retain.evaluation.suite import FunctionEvaluator, LossEvaluator, RetentionSuite, SuiteError, SuiteResult
+from hf_retain.evaluation.results import SuiteResult
+from hf_retain.evaluation.suite import RetentionSuite
 
 GENERAL = ["The quick brown fox jumps over the lazy dog. " * 2 + str(i) for i in range(16)]
 CODE = [f"def f{i}(x):\n    return x * {i} + {i * i}\n" * 3 for i in range(64)]
@@ -154,6 +157,19 @@ def test_scores_and_deltas_reach_the_trainers_loggers(tiny_model, tiny_tokenizer
     assert [row["step"] for row in guard.history] == [3, 6]
     # ... and the Trainer's log history (what trainer_state.json keeps) has them with their steps.
     assert [row["step"] for row in trainer.state.log_history if "retention/general" in row] == [0, 3, 6]
+
+
+@pytest.mark.parametrize("every_n_steps", [1, 2, 3])
+def test_training_loss_is_logged_at_every_logging_step_whatever_the_guard_cadence(
+        tiny_model, tiny_tokenizer, code_dataset, tmp_path, every_n_steps):
+    """The guard logs through the CallbackHandler, whose on_log clears control.should_log; the Trainer's own loss
+    line of the same step must still be written."""
+    guard = RegressionEarlyStoppingCallback(general_suite(), every_n_steps=every_n_steps, action="warn")
+    trainer = train(tiny_model, tiny_tokenizer, code_dataset, tmp_path, [guard], steps=6, lr=1e-4, logging_steps=2)
+    history = trainer.state.log_history
+    assert [row["step"] for row in history if "loss" in row] == [2, 4, 6]
+    guarded = list(range(every_n_steps, 7, every_n_steps))
+    assert [row["step"] for row in history if "retention/general" in row] == [0, *guarded]
 
 
 def test_stored_baseline_skips_the_baseline_evaluation(tiny_model, tiny_tokenizer, code_dataset, tmp_path):

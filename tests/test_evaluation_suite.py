@@ -9,21 +9,13 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from hf_retain.errors import SuiteError
+from hf_retain.evaluation.evaluators import FunctionEvaluator, LossEvaluator, MultipleChoiceEvaluator, QAEvaluator
+from hf_retain.evaluation.lm_eval import LMEvalEvaluator
 from hf_retain.evaluation.loss import evaluate_loss
-from hf_retain.evaluation.suite import (
-    BenchmarkResult,
-    FunctionEvaluator,
-    LMEvalEvaluator,
-    LossEvaluator,
-    MultipleChoiceEvaluator,
-    QAEvaluator,
-    RetentionSuite,
-    SuiteError,
-    SuiteResult,
-    compare_to_baseline,
-    compute_metric,
-    score_continuations,
-)
+from hf_retain.evaluation.results import BenchmarkResult, SuiteResult, compare_to_baseline
+from hf_retain.evaluation.scoring import compute_metric, score_continuations
+from hf_retain.evaluation.suite import RetentionSuite, check_suite_file
 
 TEXTS = ["The quick brown fox jumps over the lazy dog.", "Return the sum of a and b.", "x"]
 
@@ -345,3 +337,90 @@ def test_builtin_corpora_default_to_their_held_out_split():
     suite = RetentionSuite.from_config({"benchmarks": {"general": {"type": "loss", "data": "builtin:general",
                                                                    "max_rows": 4}}})
     assert list(suite.evaluators["general"].data["text"]) == builtin_corpora()["general"]["eval"][:4]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"step": 3, "results": [{"name": "a", "score": 1.0, "higher', "not valid JSON"),  # truncated mid-write
+        ("\x00\x01garbage", "not valid JSON"),
+        ("[1, 2]", "must be a JSON object"),
+        ('{"results": [{"name": "a", "score": "high", "higher_is_better": true}]}', "must be a number or null"),
+        ('{"results": [{"name": "a", "score": 1.0, "higher_is_better": "yes"}]}', "must be true or false"),
+        ('{"results": [{"score": 1.0, "higher_is_better": true}]}', "must be {'name'"),
+        ('{"step": null, "results": []}', "holds no benchmark scores"),
+    ],
+)
+def test_corrupt_scores_files_are_suite_errors_naming_the_file(tmp_path, text, message):
+    path = tmp_path / "scores.json"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(SuiteError, match=message) as err:
+        SuiteResult.load(path)
+    assert str(path) in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(SuiteError, match="does not exist"):
+        SuiteResult.load(tmp_path / "missing.json")
+
+
+def test_scores_file_reads_a_gate_reports_baseline_or_candidate(tmp_path):
+    base = SuiteResult({"a": BenchmarkResult("a", 1.0, True)})
+    cand = SuiteResult({"a": BenchmarkResult("a", 0.5, True)})
+    path = tmp_path / "gate.json"
+    path.write_text(json.dumps({"checks": [], "baseline": base.to_dict(), "candidate": cand.to_dict()}))
+    assert SuiteResult.load(path)["a"].score == 1.0
+    assert SuiteResult.load(path, section="candidate")["a"].score == 0.5
+
+
+def test_save_is_atomic_and_leaves_no_temporary_file(tmp_path):
+    SuiteResult({"a": BenchmarkResult("a", 1.0, True)}).save(tmp_path / "scores.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scores.json"]
+
+
+def test_check_suite_file_returns_local_data_files_without_loading_them(tmp_path, monkeypatch):
+    import hf_retain.evaluation.suite as suite_module
+
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "general.jsonl").write_text('{"text": "x y"}\n', encoding="utf-8")
+    (tmp_path / "suite.yaml").write_text(
+        """
+benchmarks:
+  here: {type: loss, data: data/general.jsonl}
+  missing: {type: qa, data: qa_missing.jsonl}
+  builtin: {type: loss, data: builtin:general}
+  hub: {type: multiple_choice, data: allenai/ai2_arc, config: ARC-Easy}
+  inline: {type: qa, data: [{question: q, answer: a}]}
+  harness: {type: lm_eval, task: arc_easy}
+  mine: {type: function, function: my_package.checks:score}
+""", encoding="utf-8")
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("check_suite_file loaded a dataset")
+
+    monkeypatch.setattr(suite_module, "load_text_dataset", no_loading)
+    files = check_suite_file(tmp_path / "suite.yaml")
+    assert files == [tmp_path / "data" / "general.jsonl", tmp_path / "qa_missing.jsonl"]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("benchmarks:\n  a: {type: los, data: x.jsonl}", r"Did you mean 'loss'"),
+        ("benchmarks:\n  a: {type: qa}", "needs 'data'"),
+        ("benchmarks:\n  a: {type: loss, data: x.jsonl, threshold: lots}", "threshold='lots'"),
+        ("benchmarks:\n  a: {type: loss, data: x.jsonl, max_rows: 0}", "max_rows=0"),
+        ("benchmarks:\n  a: {type: function, function: nowhere}", "package.module:function"),
+        ("benchmarks: [oops", "not valid UTF-8 YAML"),
+        ("tests: []", "'benchmarks' key"),
+    ],
+)
+def test_check_suite_file_rejects_what_from_yaml_would(tmp_path, text, message):
+    path = tmp_path / "suite.yaml"
+    path.write_text(text, encoding="utf-8")
+    for check in (check_suite_file, RetentionSuite.from_yaml):
+        with pytest.raises(SuiteError, match=message) as err:
+            check(path)
+        assert str(path) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_check_suite_file_names_a_missing_suite():
+    with pytest.raises(SuiteError, match=r"Suite file no/such/suite.yaml does not exist"):
+        check_suite_file("no/such/suite.yaml")

@@ -82,3 +82,23 @@ def test_config_helper_for_plain_trainers():
     assert config == {"optimizer": {"type": "Muon", "params": {
         "lr": 0.02, "weight_decay": 0.01, "momentum": 0.95, "betas": [0.9, 0.999], "eps": 1e-8,
         "ns_method": "standard", "adam_lr": 3e-4}}}
+
+
+def test_mismatch_mitigation_scales_deepspeed_muon_groups_like_scaled_settings(tmp_path, monkeypatch):
+    import hf_retain.mixin
+    from hf_retain.lineage import LineageLookup, OptimizerInfo
+
+    monkeypatch.setattr(hf_retain.mixin, "lookup_pretraining_optimizer",
+                        lambda model, **kw: LineageLookup(info=OptimizerInfo(name="adamw", source="test")))
+    retention = RetentionConfig(optimizer="muon", mismatch_mitigation=True, mismatch_lr_scale=0.5,
+                                mismatch_wd_scale=0.25, optimizer_kwargs={"adamw_lr": 4e-4})
+    trainer = _trainer_with_fake_deepspeed(tmp_path, retention, {"zero_optimization": {"stage": 3}})
+    trainer.args.weight_decay = 0.1
+    trainer._configure_deepspeed_optimizer()
+    dummy = SimpleNamespace()
+    trainer._fill_deepspeed_groups(dummy, trainer.model)
+    expected = deepspeed_param_groups(trainer.model, lr=5e-4, weight_decay=0.025, adamw_lr=2e-4)
+    assert trainer.optimizer_choice["mitigation_applied"]
+    assert [g["name"] for g in dummy.params] == [g["name"] for g in expected]
+    assert [g["lr"] for g in dummy.params] == pytest.approx([g["lr"] for g in expected])
+    assert [g["weight_decay"] for g in dummy.params] == pytest.approx([g["weight_decay"] for g in expected])

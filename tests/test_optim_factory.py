@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,6 +10,7 @@ from torch import nn
 
 from hf_retain.assets import build_tiny_model
 from hf_retain.config import ConfigError, RetentionConfig
+from hf_retain.lineage import LineageLookup, OptimizerInfo
 from hf_retain.optim import (
     OPTIMIZER_NAMES,
     MuonWithAdamW,
@@ -21,10 +21,10 @@ from hf_retain.optim import (
 
 
 def _patch_lineage(monkeypatch, name):
-    import hf_retain.lineage as lineage
+    import hf_retain.optim.factory as where
 
-    info = None if name is None else SimpleNamespace(name=name, source="test")
-    monkeypatch.setattr(lineage, "read_pretraining_optimizer", lambda model: info, raising=False)
+    info = None if name is None else OptimizerInfo(name=name, source="test")
+    monkeypatch.setattr(where, "lookup_pretraining_optimizer", lambda model, **kw: LineageLookup(info=info))
 
 
 @pytest.mark.parametrize("name,cls", [("adamw", torch.optim.AdamW), ("adam", torch.optim.Adam),

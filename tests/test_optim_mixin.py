@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,6 +13,7 @@ from transformers import Trainer, TrainingArguments
 
 from hf_retain.assets import build_tiny_model
 from hf_retain.config import ConfigError, RetentionConfig
+from hf_retain.lineage import LineageLookup, OptimizerInfo
 from hf_retain.optim import MuonWithAdamW, OptimizerMixin
 
 
@@ -22,10 +22,10 @@ class OptTrainer(OptimizerMixin, Trainer):
 
 
 def _patch_lineage(monkeypatch, name):
-    import hf_retain.lineage as lineage
+    import hf_retain.mixin as where
 
-    info = None if name is None else SimpleNamespace(name=name, source="test")
-    monkeypatch.setattr(lineage, "read_pretraining_optimizer", lambda model: info, raising=False)
+    info = None if name is None else OptimizerInfo(name=name, source="test")
+    monkeypatch.setattr(where, "lookup_pretraining_optimizer", lambda model, **kw: LineageLookup(info=info))
 
 
 def _args(tmp_path, **overrides) -> TrainingArguments:

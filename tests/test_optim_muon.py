@@ -163,3 +163,52 @@ def test_muon_group_refuses_flat_parameters():
         MuonWithAdamW([{"params": [nn.Parameter(torch.zeros(4, 4))]}])
     with pytest.raises(ValueError, match="does not use"):
         MuonWithAdamW([{"params": [nn.Parameter(torch.zeros(4, 4))], "use_muon": False, "momentum": 0.9}])
+
+
+def _new_required(grad, ns_coefficients, ns_steps, eps, use_addmm):  # PyTorch main's shape of the change
+    raise AssertionError("must not be called")
+
+
+def _reordered(grad, ns_coefficients, eps, ns_steps):  # positional calls would swap eps and ns_steps silently
+    raise AssertionError("must not be called")
+
+
+def _new_optional(grad, ns_coefficients, ns_steps, eps, use_addmm=True):  # still called correctly
+    raise AssertionError("must not be called")
+
+
+@pytest.mark.parametrize("changed,accepted", [(_new_required, False), (_reordered, False), (_new_optional, True)])
+def test_private_torch_muon_signatures_are_checked_and_fail_clearly(monkeypatch, changed, accepted):
+    import torch.optim._muon as private
+
+    from hf_retain.optim import muon
+    from hf_retain.optim.deepspeed import _torch_scale
+
+    version = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
+    assert (2, 9) <= version <= (2, 13), "pyproject allows torch>=2.9,<2.14; the tests must run inside that range"
+    assert muon._TORCH_PROBLEM is None  # the installed torch matches what hf_retain calls
+
+    real = private._zeropower_via_newtonschulz
+    monkeypatch.setattr(private, "_zeropower_via_newtonschulz", changed)
+    functions, problem = muon._check_torch_private()  # what the import-time check finds on such a torch
+    monkeypatch.setattr(private, "_zeropower_via_newtonschulz", real)  # torch.optim.Muon itself keeps its own
+    assert (problem is None) == accepted
+    if accepted:
+        return
+    monkeypatch.setattr(muon, "_TORCH_FUNCTIONS", functions)
+    monkeypatch.setattr(muon, "_TORCH_PROBLEM", problem)
+    weight = torch.zeros(4, 4)
+    expected = r"torch 2\.9 to 2\.13 \(tested on 2\.13\).*_zeropower_via_newtonschulz\(.*torch>=2\.9,<2\.14"
+    with pytest.raises(RuntimeError, match=expected):  # the FSDP2 path, at its first use
+        muon._muon_dtensor(weight, weight.clone(), weight.clone(), lr=0.01, weight_decay=0.0, momentum=0.95,
+                           nesterov=True, ns_coefficients=(3.4445, -4.7750, 2.0315), eps=1e-7, ns_steps=5,
+                           adjust_lr_fn="original")
+    with pytest.raises(RuntimeError, match=r"2\.9 to 2\.13"):  # the DeepSpeed LR rule reads the same functions
+        _torch_scale("original", (8, 4))
+    # Everything else steps with the public torch.optim.Muon and keeps working.
+    model = build_tiny_model(seed=0, num_hidden_layers=1)
+    opt = create_optimizer(model, "muon", lr=1e-2)
+    before = model.model.layers[0].mlp.up_proj.weight.detach().clone()
+    _loss_backward(model, 0)
+    opt.step()
+    assert not torch.equal(before, model.model.layers[0].mlp.up_proj.weight)

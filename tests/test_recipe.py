@@ -8,7 +8,10 @@ import pytest
 import yaml
 
 from hf_retain.cli import main as cli_main
-from hf_retain.train import RecipeError, load_recipe, load_text_dataset, resolve_model
+from hf_retain.data.loading import load_text_dataset
+from hf_retain.errors import RecipeError
+from hf_retain.models import resolve_model
+from hf_retain.train import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
@@ -90,7 +93,7 @@ def test_model_and_dataset_paths_that_do_not_exist(tmp_path):
 def test_offline_hub_id_not_in_cache_says_how_to_fix(monkeypatch, tmp_path):
     from trl import ModelConfig
 
-    from hf_retain.train import load_model
+    from hf_retain.models import load_model
 
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
     with pytest.raises(RecipeError) as err:
@@ -161,3 +164,51 @@ def test_lora_distill_recipe_distils_toward_the_adapters_off_model(tmp_path):
     assert trainer._distill_mode == "adapters" and trainer._distill_teacher is None
     logged = [row["distill_loss"] for row in trainer.state.log_history if "distill_loss" in row]
     assert len(logged) == 3 and logged[0] < 1e-6 < logged[-1]
+
+
+def _dry_run(path, capsys) -> tuple[int, str]:
+    code = cli_main(["train", path, "--dry-run"])
+    captured = capsys.readouterr()
+    return code, captured.err
+
+
+BASE = {"model_name_or_path": "builtin:tiny-llama", "dataset_name": "builtin:domain"}
+
+
+def test_dry_run_catches_a_missing_regression_suite(tmp_path, capsys):
+    missing = str(tmp_path / "no_suite.yaml")
+    code, err = _dry_run(write(tmp_path, {**BASE, "regression_suite": missing}), capsys)
+    assert code == 2 and "regression_suite" in err and missing in err and "Traceback" not in err
+
+
+def test_dry_run_catches_a_missing_data_file_inside_the_suite(tmp_path, capsys):
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("benchmarks:\n  general:\n    type: loss\n    data: general_heldout.jsonl\n", encoding="utf-8")
+    code, err = _dry_run(write(tmp_path, {**BASE, "regression_suite": str(suite)}), capsys)
+    assert code == 2 and "general_heldout.jsonl" in err and "does not exist" in err
+
+
+@pytest.mark.parametrize("key", ["replay_dataset", "ewc_fisher_dataset", "dataset_name", "resume_from_checkpoint"])
+def test_dry_run_catches_every_missing_local_file(tmp_path, capsys, key):
+    missing = str(tmp_path / ("gone.jsonl" if key != "resume_from_checkpoint" else "checkpoint-7"))
+    code, err = _dry_run(write(tmp_path, {**BASE, key: missing}), capsys)
+    assert code == 2 and key in err and missing in err
+
+
+def test_a_corrupt_suite_reaches_the_cli_as_a_clean_message(tmp_path, capsys):
+    suite = tmp_path / "suite.yaml"
+    suite.write_text("benchmarks: [unclosed\n", encoding="utf-8")
+    code, err = _dry_run(write(tmp_path, {**BASE, "regression_suite": str(suite)}), capsys)
+    assert code == 2 and err.startswith("error: ") and str(suite) in err and "Traceback" not in err
+
+
+def test_resuming_from_a_missing_checkpoint_names_it(tmp_path, tiny_model):
+    from datasets import Dataset
+    from transformers import TrainingArguments
+
+    from hf_retain import RetentionTrainer
+
+    trainer = RetentionTrainer(model=tiny_model, args=TrainingArguments(str(tmp_path), use_cpu=True, report_to=[]),
+                               train_dataset=Dataset.from_dict({"input_ids": [[5, 6, 7]], "labels": [[5, 6, 7]]}))
+    with pytest.raises(RecipeError, match=r"checkpoint-9.*is not a folder"):
+        trainer.train(resume_from_checkpoint=str(tmp_path / "checkpoint-9"))

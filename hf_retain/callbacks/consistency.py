@@ -1,11 +1,15 @@
 """`OptimizerConsistencyCallback`: warn (or stop) when the fine-tune optimizer differs from the pretraining one.
 
-Full fine-tuning with the optimizer that pretrained the model forgets less than switching (Liu, Wang, Zhang 2026,
-"Optimizer-Model Consistency"; Moonlight's report, Table 6: 55.7 vs 50.2 MMLU after SFT with Muon vs AdamW on a
-Muon-pretrained model). At ``on_train_begin`` (after the Trainer built its optimizer, before the first step) the
-callback reads the model's pretraining optimizer (`read_pretraining_optimizer`) and the optimizer the Trainer really
-uses (`finetune_optimizer`: the optimizer instance handed to callbacks, a DeepSpeed config section,
-``RetentionConfig.optimizer``, ``TrainingArguments.optim``) and compares their canonical families (Adam ~ AdamW).
+Moonlight's report (Liu et al. 2025, Muon is Scalable for LLM Training, arXiv:2502.16982) found that a model
+pretrained with Muon did better after supervised fine-tuning with Muon than with AdamW. The effect is real at that
+scale but not universal: on hf_retain's tiny benchmark, Muon fine-tuning forgot a little less whichever optimizer
+pretrained the model. So the callback reports the switch and leaves the choice to you.
+
+At ``on_train_begin`` (after the Trainer built its optimizer, before the first step) it takes the model's
+pretraining optimizer (the run's shared lineage lookup when given ``lineage=``, e.g. by `RetentionMixin`; else one
+lookup of its own) and the optimizer the Trainer really uses (`finetune_optimizer`: the optimizer instance handed
+to callbacks, a DeepSpeed config section, ``RetentionConfig.optimizer``, ``TrainingArguments.optim``) and compares
+their families with `hf_retain.optim.policy` (Adam ~ AdamW), the same policy `OptimizerMixin` decides with.
 
 It works with any Trainer, SFTTrainer included, because it needs nothing but what callbacks receive.
 
@@ -15,32 +19,33 @@ numeric metrics through the Trainer's callback handler's ``on_log`` (so wandb/te
 is taken from the caller's frame when it is transformers' ``CallbackHandler``; if not, only ``log_history`` and the
 Python warning carry the finding.
 
+>>> import torch
 >>> from hf_retain import OptimizerConsistencyCallback
 >>> callback = OptimizerConsistencyCallback(policy="warn", pretrained="muon")
->>> callback.policy
-'warn'
+>>> callback.check(optimizer=torch.optim.SGD([torch.zeros(1)], lr=0.1))["status"]
+'mismatch'
 """
 
 from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Callable
 from typing import Any
 
 from transformers import TrainerCallback
 
 from hf_retain.callbacks._handler import calling_handler
 from hf_retain.errors import OptimizerMismatchError
-from hf_retain.lineage.finetune import FinetuneOptimizer, finetune_optimizer
-from hf_retain.lineage.info import OptimizerInfo, canonical_optimizer_name, same_family
-from hf_retain.lineage.reader import lookup_pretraining_optimizer
+from hf_retain.lineage.finetune import finetune_optimizer, unwrap_optimizer
+from hf_retain.lineage.info import OptimizerInfo
+from hf_retain.lineage.reader import LineageLookup, lookup_pretraining_optimizer
+from hf_retain.optim.policy import apply_mitigation, canonical_optimizer_name, consistency_status, mitigation_scales
 
 __all__ = ["OptimizerConsistencyCallback", "OptimizerMismatchError", "OptimizerMismatchWarning"]
 
 logger = logging.getLogger(__name__)
 _POLICIES = ("warn", "error", "off")
-
-
 
 
 class OptimizerMismatchWarning(UserWarning):
@@ -58,12 +63,15 @@ class OptimizerConsistencyCallback(TrainerCallback):
             ``mismatch_lr_scale``/``mismatch_wd_scale`` when ``mitigate`` is on.
         mitigate: on a mismatch (policy "warn"), scale the LR (param groups and the scheduler's base LRs) and weight
             decay down by the retention config's scales (0.5 and 0.5 by default). Off by default so the scaling is
-            applied in exactly one place when an optimizer factory already does it.
+            applied in exactly one place when `OptimizerMixin` (``RetentionConfig.mismatch_mitigation``) already
+            does it.
+        lineage: returns the run's pretraining lineage (`RetentionMixin.pretraining_lineage`), so the callback
+            shares the trainer's one lookup; without it the callback looks the model up once itself.
     """
 
     def __init__(
         self, policy: str = "warn", *, pretrained: OptimizerInfo | str | None = None, model_id: str | None = None,
-        retention: Any = None, mitigate: bool = False,
+        retention: Any = None, mitigate: bool = False, lineage: Callable[[], LineageLookup] | None = None,
     ) -> None:
         if policy not in _POLICIES:
             raise ValueError(f"policy={policy!r} is not allowed; choose one of {list(_POLICIES)}.")
@@ -71,44 +79,59 @@ class OptimizerConsistencyCallback(TrainerCallback):
             pretrained = OptimizerInfo(name=canonical_optimizer_name(pretrained), source="given by the user",
                                        evidence=f"OptimizerConsistencyCallback(pretrained={pretrained!r})",
                                        confidence=1.0, variant=pretrained)
+        if lineage is not None and not callable(lineage):
+            raise TypeError(f"lineage must be a callable returning a LineageLookup (e.g. trainer.pretraining_lineage), "
+                            f"got {type(lineage).__name__}.")
         self.policy = policy
         self.pretrained = pretrained
         self.model_id = model_id
         self.retention = retention
         self.mitigate = bool(mitigate)
+        self.lineage = lineage
         self.finding: dict[str, Any] | None = None
+        self._own_lookup: tuple[Any, LineageLookup] | None = None  # (what was looked up, the answer)
 
     # ------------------------------------------------------------------------------------------------------------
+    def pretraining(self, model: Any = None) -> LineageLookup:
+        """The pretraining lineage this callback checks against: ``pretrained``, else a lookup of ``model_id``,
+        else the shared ``lineage()``, else one lookup of ``model`` (kept for later calls); never raises."""
+        if self.pretrained is not None:
+            return LineageLookup(info=self.pretrained)
+        target = self.model_id if self.model_id is not None else model
+        if self.model_id is None and self.lineage is not None:
+            return self.lineage()
+        if target is None:
+            return LineageLookup(info=None, notes=["no model to look up (pass model_id= or pretrained=)."])
+        if self._own_lookup is None or self._own_lookup[0] is not target:
+            try:
+                found = lookup_pretraining_optimizer(target)
+            except (TypeError, ValueError) as err:
+                found = LineageLookup(info=None, notes=[f"the lineage lookup failed: {err}"])
+            self._own_lookup = (target, found)
+        return self._own_lookup[1]
+
     def check(self, model: Any = None, args: Any = None, optimizer: Any = None) -> dict[str, Any]:
         """Run the comparison and return the finding (also stored in ``self.finding``); raises nothing."""
-        notes: list[str] = []
-        chain: list[str] = []
-        pre = self.pretrained
-        if pre is None:
-            target = self.model_id or model
-            if target is not None:
-                found = lookup_pretraining_optimizer(target)
-                pre, notes, chain = found.info, found.notes, found.chain
+        found = self.pretraining(model)
+        pre = found.info
         used = finetune_optimizer(args, optimizer=optimizer, retention=self.retention)
-        status = "unknown"
-        if pre is not None and used is not None:
-            status = "match" if same_family(pre.name, used.name) else "mismatch"
+        status = consistency_status(used.name if used else None, pre.name if pre else None)
         self.finding = {
             "status": status,
             "pretrain_optimizer": pre.name if pre else None,
             "pretrain_source": pre.source if pre else None,
             "pretrain_evidence": pre.evidence if pre else None,
             "pretrain_confidence": pre.confidence if pre else None,
-            "chain": chain or (pre.chain if pre else []),
+            "chain": list(found.chain) or (list(pre.chain) if pre else []),
             "finetune_optimizer": used.name if used else None,
             "finetune_variant": used.variant if used else None,
             "finetune_source": used.where if used else None,
-            "notes": notes,
+            "notes": list(found.notes),
         }
         return self.finding
 
     def message(self, finding: dict[str, Any] | None = None) -> str:
-        """The human-readable warning: what, where, why it matters, what to do."""
+        """The human-readable warning: what, where, why it may matter, what to do."""
         f = finding or self.finding or {}
         pre, used = f.get("pretrain_optimizer"), f.get("finetune_optimizer")
         if f.get("status") == "unknown":
@@ -123,12 +146,13 @@ class OptimizerConsistencyCallback(TrainerCallback):
             f"{used} ({f.get('finetune_variant')}, from {f.get('finetune_source')}).\n"
             f"  found in: {f.get('pretrain_source')}; evidence: {f.get('pretrain_evidence')!s:.200}"
             f"{'; chain: ' + ' -> '.join(f['chain']) if f.get('chain') else ''}\n"
-            "  why it matters: full fine-tuning with the optimizer that pretrained the model forgets less than "
-            "switching (Liu, Wang, Zhang 2026; Moonlight: 55.7 vs 50.2 MMLU after SFT with Muon vs AdamW on a "
-            "Muon-pretrained model).\n"
+            "  why it may matter: Moonlight's report (Liu et al. 2025, arXiv:2502.16982) found a Muon-pretrained "
+            "model did better after fine-tuning with Muon than with AdamW; the effect is not universal (on "
+            "hf_retain's tiny benchmark it did not show).\n"
             f"  what to do: fine-tune with {pre} (e.g. RetentionConfig(optimizer={pre!r}) or "
             f"RetentionConfig(optimizer='auto')), or lower the learning rate and weight decay "
-            "(RetentionConfig(mismatch_mitigation=True) scales both by 0.5)."
+            "(RetentionConfig(mismatch_mitigation=True) scales both by 0.5), or set policy='off' if you switch on "
+            "purpose."
         )
 
     # ------------------------------------------------------------------------------------------------------------
@@ -141,7 +165,11 @@ class OptimizerConsistencyCallback(TrainerCallback):
             if self.policy == "error":
                 raise OptimizerMismatchError(text)
             warnings.warn(text, OptimizerMismatchWarning, stacklevel=2)
-            if self.mitigate:
+            if self.mitigate and state.global_step > 0:
+                # Resumed: the checkpoint's optimizer and scheduler already hold the scaled values.
+                finding["mitigation"] = "mismatch_mitigation: resumed at step " \
+                                        f"{state.global_step}; the checkpoint's learning rates are already scaled."
+            elif self.mitigate:
                 finding["mitigation"] = _mitigate(optimizer, kwargs.get("lr_scheduler"), self.retention)
                 logger.warning("hf_retain: %s", finding["mitigation"])
         else:
@@ -166,30 +194,13 @@ class OptimizerConsistencyCallback(TrainerCallback):
             except Exception as err:  # an integration failing to log must not stop training
                 logger.warning("could not send the optimizer-consistency metrics to report_to integrations: %s", err)
 
-    def on_log(self, args, state, control, logs=None, **kwargs):  # type: ignore[override]
-        return control
 
 
 def _mitigate(optimizer: Any, lr_scheduler: Any, retention: Any) -> str:
     """Scale LR (optimizer groups and the scheduler's base LRs) and weight decay down on a mismatch."""
-    from hf_retain.lineage.finetune import unwrap_optimizer
-
-    lr_scale = float(getattr(retention, "mismatch_lr_scale", 0.5))
-    wd_scale = float(getattr(retention, "mismatch_wd_scale", 0.5))
+    lr_scale, wd_scale = mitigation_scales("mismatch", float(getattr(retention, "mismatch_lr_scale", 0.5)),
+                                           float(getattr(retention, "mismatch_wd_scale", 0.5)))
     inner = unwrap_optimizer(optimizer) if optimizer is not None else None
-    groups = getattr(inner, "param_groups", None) or []
-    for group in groups:
-        for key in ("lr", "initial_lr"):
-            if isinstance(group.get(key), (int, float)):
-                group[key] = group[key] * lr_scale
-        if isinstance(group.get("weight_decay"), (int, float)):
-            group["weight_decay"] = group["weight_decay"] * wd_scale
-    if lr_scheduler is not None and isinstance(getattr(lr_scheduler, "base_lrs", None), list):
-        lr_scheduler.base_lrs = [lr * lr_scale for lr in lr_scheduler.base_lrs]
+    count = apply_mitigation(getattr(inner, "param_groups", None) or [], lr_scale, wd_scale, scheduler=lr_scheduler)
     return (f"mismatch_mitigation: scaled the learning rate by {lr_scale} and weight decay by {wd_scale} "
-            f"in {len(groups)} parameter group(s).")
-
-
-def describe_finetune(used: FinetuneOptimizer | None) -> str:
-    """Short text for the fine-tune optimizer (used by the CLI and reports)."""
-    return "unknown" if used is None else f"{used.name} ({used.variant}, from {used.where})"
+            f"in {count} parameter group(s).")

@@ -33,14 +33,10 @@ from transformers.trainer_callback import ExportableState
 
 from hf_retain.callbacks._handler import calling_handler
 from hf_retain.distributed import broadcast_object, is_distributed, rank
-from hf_retain.evaluation.suite import (
-    RetentionSuite,
-    SuiteError,
-    SuiteResult,
-    compare_to_baseline,
-    fsdp2_modules,
-    reshard_fsdp2,
-)
+from hf_retain.errors import SuiteError
+from hf_retain.evaluation.results import SuiteResult, compare_to_baseline
+from hf_retain.evaluation.sharding import fsdp2_modules, reshard_fsdp2
+from hf_retain.evaluation.suite import RetentionSuite
 
 logger = logging.getLogger(__name__)
 
@@ -64,8 +60,8 @@ class RegressionEarlyStoppingCallback(TrainerCallback, ExportableState):
         patience: consecutive regressed evaluations before acting.
         action: 'warn', 'stop', or 'rollback' (stop and restore the last weights that stayed within bounds).
         per_benchmark_thresholds: ``{name: threshold}`` overriding ``threshold`` (and the suite file's bounds).
-        baseline: a stored baseline (`SuiteResult`, its ``to_dict()``, or a JSON path from `SuiteResult.save`)
-            instead of measuring one at train begin.
+        baseline: a stored baseline (`SuiteResult`, its ``to_dict()``, or a JSON path from `SuiteResult.save` or a
+            gate's ``gate.json``) instead of measuring one at train begin.
         on_error: when a benchmark raises: 'continue' (report it, keep training) or 'stop'.
         check_at_end: evaluate once more at train end if the last step was not evaluated (rollback still applies).
         rollback_store: where the rollback target lives between evaluations: 'memory' (a CPU copy on rank 0) or
@@ -83,7 +79,7 @@ class RegressionEarlyStoppingCallback(TrainerCallback, ExportableState):
         patience: int = 1,
         action: str = "stop",
         per_benchmark_thresholds: Mapping[str, float] | None = None,
-        baseline: SuiteResult | Mapping[str, Any] | str | None = None,
+        baseline: SuiteResult | Mapping[str, Any] | str | os.PathLike[str] | None = None,
         on_error: str = "continue",
         check_at_end: bool = True,
         rollback_store: str = "memory",
@@ -116,7 +112,6 @@ class RegressionEarlyStoppingCallback(TrainerCallback, ExportableState):
         self.rollback_store = rollback_store
         self.per_benchmark_thresholds = dict(per_benchmark_thresholds or {})
         self._thresholds = thresholds
-        self._stored_baseline = baseline
         # ---- exported state (JSON-friendly) ----
         self.baseline: dict[str, Any] | None = _as_baseline(baseline)
         self.patience_counter = 0
@@ -353,14 +348,19 @@ class RegressionEarlyStoppingCallback(TrainerCallback, ExportableState):
     def _log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl, logs: dict[str, float],
              what: str) -> None:
         """Log like `Trainer.log`: into ``state.log_history`` and through every callback's ``on_log`` (the
-        reporting integrations), using the CallbackHandler that is calling us."""
+        reporting integrations), using the CallbackHandler that is calling us.
+
+        `CallbackHandler.on_log` clears ``control.should_log``; we run before the Trainer writes its own logs of this
+        step (the training loss), so the flag is put back or that line would be lost."""
         logs = dict(logs)
         if state.epoch is not None:
             logs["epoch"] = state.epoch
         state.log_history.append({**logs, "step": state.global_step})
         handler = calling_handler(self)
         if handler is not None:
+            should_log = control.should_log
             handler.on_log(args, state, control, logs=logs)
+            control.should_log = should_log
         if rank() == 0:
             shown = ", ".join(f"{k.split('/', 1)[-1]}={v:.4g}" for k, v in logs.items() if k.startswith(LOG_PREFIX))
             logger.info("retention suite (%s): %s", what, shown)
@@ -372,10 +372,10 @@ def _warn(message: str) -> None:
         logger.warning(message)
 
 
-def _as_baseline(baseline: SuiteResult | Mapping[str, Any] | str | None) -> dict[str, Any] | None:
+def _as_baseline(baseline: SuiteResult | Mapping[str, Any] | str | os.PathLike[str] | None) -> dict[str, Any] | None:
     if baseline is None:
         return None
-    if isinstance(baseline, str):
+    if isinstance(baseline, (str, os.PathLike)):
         return SuiteResult.load(baseline).to_dict()
     if isinstance(baseline, SuiteResult):
         return baseline.to_dict()

@@ -1,7 +1,8 @@
 """`hf-retain`: one console script, one module per subcommand.
 
 Each module in `COMMANDS` defines ``register(subparsers)``, which adds its parser and sets ``func`` to a callable
-taking the parsed namespace and returning an exit code.
+taking the parsed namespace and returning an exit code. Any `RetentionError` a subcommand raises is printed as one
+clean message and exits 2 ("could not run as asked"), never as a traceback.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+
+from hf_retain.errors import RetentionError
 
 # Subcommand name -> module under hf_retain.cli. Add a line when a subcommand lands.
 COMMANDS: dict[str, str] = {
@@ -46,7 +49,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except RetentionError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

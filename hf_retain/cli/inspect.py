@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from hf_retain.optim.policy import resolve_auto
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -33,9 +35,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {err}")
         return 2
     info = found.info
+    # What RetentionConfig(optimizer="auto") would build for this model (the Trainer default: AdamW).
+    auto, reason = resolve_auto(info.name if info else None, "adamw", found=info.source if info else "")
     if args.json:
         print(json.dumps({"model": args.model, "optimizer": info.to_dict() if info else None, "chain": found.chain,
-                          "notes": found.notes}, indent=2, default=str))
+                          "notes": found.notes, "auto": {"optimizer": auto, "reason": reason}},
+                         indent=2, default=str))
         return 0 if info else 1
     print(f"model:      {args.model}")
     print(f"chain:      {' -> '.join(found.chain) if found.chain else '(none)'}")
@@ -50,6 +55,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"source:     {info.source}")
         print(f"evidence:   {info.evidence}")
         print(f"confidence: {info.confidence:.2f}")
+    print(f"auto:       {reason}")
     for note in found.notes:
         print(f"note:       {note}")
     return 0 if info else 1

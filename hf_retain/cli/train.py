@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -21,22 +20,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from hf_retain.distributed import end_distributed
-    from hf_retain.train import RecipeError, load_recipe, run_recipe
+    from hf_retain.train import check_recipe_files, load_recipe, run_recipe
 
-    overrides = list(getattr(args, "overrides", None) or [])
-    try:
-        recipe = load_recipe(args.recipe, overrides)
-        if args.dry_run:
-            print(f"recipe {args.recipe} is valid")
-            print(f"  model:     {recipe.model.model_name_or_path} (peft: {recipe.model.use_peft})")
-            print(f"  data:      {recipe.data.dataset_name} -> eval {recipe.data.eval_dataset_name}")
-            print(f"  training:  max_steps={recipe.training.max_steps} lr={recipe.training.learning_rate} "
-                  f"optim={recipe.training.optim} output_dir={recipe.training.output_dir}")
-            print(f"  retention: {', '.join(recipe.retention.methods) or 'none (plain fine-tuning)'}")
-            return 0
-        run_recipe(recipe)
-        end_distributed()
-    except RecipeError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    recipe = load_recipe(args.recipe, list(getattr(args, "overrides", None) or []))
+    if args.dry_run:
+        check_recipe_files(recipe)
+        print(f"recipe {args.recipe} is valid")
+        print(f"  model:     {recipe.model.model_name_or_path} (peft: {recipe.model.use_peft})")
+        print(f"  data:      {recipe.data.dataset_name} -> eval {recipe.data.eval_dataset_name}")
+        print(f"  training:  max_steps={recipe.training.max_steps} lr={recipe.training.learning_rate} "
+              f"optim={recipe.training.optim} output_dir={recipe.training.output_dir}")
+        print(f"  retention: {', '.join(recipe.retention.methods) or 'none (plain fine-tuning)'}")
+        return 0
+    run_recipe(recipe)
+    end_distributed()
     return 0

@@ -41,7 +41,11 @@ from typing import Any
 
 import torch
 
+from hf_retain.data.batching import right_pad
+from hf_retain.distill.divergence import head_logprobs
+from hf_retain.distill.teachers import TeacherMode, head_parameters, logit_transform, teacher_hidden_states
 from hf_retain.errors import DistillCacheError
+from hf_retain.state import read_json_state, save_safetensors_atomic, write_json_atomic
 
 __all__ = [
     "DistillCacheError",
@@ -56,6 +60,8 @@ CACHE_FORMAT = "hf_retain.distill_cache"
 CACHE_VERSION = 1
 FINGERPRINT_FILE = "fingerprint.json"
 INDEX_FILE = "index.json"
+_MAX_INDEX_BYTES = 2**31  # one short entry per cached row: large for big datasets, bounded all the same
+_REBUILD = "Rebuild the cache with `hf-retain distill-cache` (or build_distill_cache) into a fresh folder."
 
 
 
@@ -121,17 +127,12 @@ def build_distill_cache(
         raise DistillCacheError(f"top_k={top_k!r} must be a positive integer (e.g. 32).")
     if not temperature > 0:
         raise DistillCacheError(f"temperature={temperature!r} must be > 0.")
-    from safetensors.torch import save_file
-
     rows = _as_rows(data, max_length)
     if not rows:
         raise DistillCacheError("no rows with at least 2 tokens to cache; check the dataset and its column.")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / FINGERPRINT_FILE).unlink(missing_ok=True)  # a rebuild is unreadable until it completes (shards change)
-    from hf_retain.data.batching import right_pad
-    from hf_retain.distill.teachers import TeacherMode, head_parameters, logit_transform, teacher_hidden_states
-
     weight, bias = head_parameters(teacher)
     scale, softcap = logit_transform(teacher)
     vocab = weight.shape[0]
@@ -165,14 +166,14 @@ def build_distill_cache(
                 tail_parts.append(tail.cpu())
                 offsets.append(offsets[-1] + len(r) - 1)
         name = f"shard-{shard_no:05d}.safetensors"
-        save_file(
+        save_safetensors_atomic(
             {
                 "topk_ids": torch.cat(ids_parts).contiguous(),
                 "topk_logprobs": torch.cat(lp_parts).contiguous(),
                 "tail_logprob": torch.cat(tail_parts).contiguous(),
                 "offsets": torch.tensor(offsets, dtype=torch.int64),
             },
-            str(out / name),
+            out / name,
         )
         for j, r in enumerate(shard):
             index[row_key(r)] = [shard_no, j]
@@ -193,10 +194,8 @@ def build_distill_cache(
     }
     # The fingerprint is written last and atomically: a build interrupted at any point leaves no readable cache
     # (a clear "not an offline distillation cache" error), never a truncated one.
-    for name, text in ((INDEX_FILE, json.dumps(index)), (FINGERPRINT_FILE, json.dumps(fingerprint, indent=2))):
-        tmp = out / (name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, out / name)
+    write_json_atomic(out / INDEX_FILE, index)
+    write_json_atomic(out / FINGERPRINT_FILE, fingerprint, indent=2)
     return str(out)
 
 
@@ -209,8 +208,6 @@ def _top_k_buckets(
     8 rows of 1024 tokens over a 152k vocabulary)."""
     step = max(16, 2**22 // weight.shape[0])  # <= 16 MiB of fp32 logits per tile
     ids, logprobs, tails = [], [], []
-    from hf_retain.distill.divergence import head_logprobs
-
     for start in range(0, hidden.shape[0], step):
         lp = head_logprobs(hidden[start:start + step], weight, bias, scale, softcap, temperature)
         top_lp, top_ids = lp.topk(k, dim=-1)
@@ -226,21 +223,39 @@ class OfflineTeacherCache:
     def __init__(self, folder: str | os.PathLike[str]) -> None:
         self.folder = Path(folder)
         meta_path = self.folder / FINGERPRINT_FILE
+        if not self.folder.is_dir():
+            raise DistillCacheError(
+                f"The offline distillation cache folder {self.folder} does not exist (distill_teacher_path; relative "
+                f"paths are resolved from {Path.cwd()}). Build it with `hf-retain distill-cache --model TEACHER "
+                "--data DATA --out FOLDER`, or fix the path."
+            )
         if not meta_path.is_file():
             raise DistillCacheError(
                 f"{self.folder} is not an offline distillation cache (no {FINGERPRINT_FILE}); build one with "
                 "`hf-retain distill-cache --model TEACHER --data DATA --out FOLDER`."
             )
-        self.meta: dict[str, Any] = json.loads(meta_path.read_text())
+        self.meta: dict[str, Any] = read_json_state(meta_path, what="offline cache fingerprint", how_to_skip=_REBUILD,
+                                                    error=DistillCacheError)
         if self.meta.get("format") != CACHE_FORMAT or self.meta.get("version") != CACHE_VERSION:
             raise DistillCacheError(
                 f"{meta_path} has format {self.meta.get('format')!r} v{self.meta.get('version')!r}; this hf_retain "
                 f"reads {CACHE_FORMAT!r} v{CACHE_VERSION}. Rebuild the cache with `hf-retain distill-cache`."
             )
-        self.index: dict[str, list[int]] = json.loads((self.folder / INDEX_FILE).read_text())
-        self.top_k: int = int(self.meta["top_k"])
-        self.temperature: float = float(self.meta["temperature"])
-        self.vocab_size: int = int(self.meta["vocab_size"])
+        self.index: dict[str, list[int]] = read_json_state(
+            self.folder / INDEX_FILE, what="offline cache index", how_to_skip=_REBUILD, max_bytes=_MAX_INDEX_BYTES,
+            error=DistillCacheError,
+        )
+        try:
+            self.top_k: int = int(self.meta["top_k"])
+            self.temperature: float = float(self.meta["temperature"])
+            self.vocab_size: int = int(self.meta["vocab_size"])
+            self._shard_files = [str(shard["file"]) for shard in self.meta["shards"]]
+            absent = [k for k in ("tokenizer_sha256", "dataset_sha256", "num_rows") if k not in self.meta]
+            if absent:  # check_compatible reads them
+                raise KeyError(absent[0])
+        except (KeyError, TypeError, ValueError) as err:
+            raise DistillCacheError(f"The offline cache fingerprint {meta_path} is incomplete or malformed "
+                                    f"({type(err).__name__}: {err}). {_REBUILD}") from None
         self._offsets: dict[int, torch.Tensor] = {}
 
     # ---- checks ------------------------------------------------------------------------------------------------
@@ -289,16 +304,28 @@ class OfflineTeacherCache:
                 "cache from exactly the rows you train on, e.g. build_distill_cache(teacher, "
                 "trainer.train_dataset, ...)."
             )
-        shard_no, r = where
-        from safetensors import safe_open
+        from safetensors import SafetensorError, safe_open
 
-        path = self.folder / self.meta["shards"][shard_no]["file"]
-        with safe_open(str(path), framework="pt") as handle:
-            offsets = self._offsets.get(shard_no)
-            if offsets is None:
-                offsets = self._offsets[shard_no] = handle.get_tensor("offsets")
-            a, b = int(offsets[r]), int(offsets[r + 1])
-            ids = handle.get_slice("topk_ids")[a:b].long()
-            logprobs = handle.get_slice("topk_logprobs")[a:b]
-            tail = handle.get_slice("tail_logprob")[a:b]
+        try:
+            shard_no, r = (int(v) for v in where)
+            path = self.folder / self._shard_files[shard_no]
+        except (TypeError, ValueError, IndexError):
+            raise DistillCacheError(f"The offline cache index {self.folder / INDEX_FILE} is corrupt: row {key[:12]} "
+                                    f"points to {where!r}, not a shard and row of this cache. {_REBUILD}") from None
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                offsets = self._offsets.get(shard_no)
+                if offsets is None:
+                    offsets = self._offsets[shard_no] = handle.get_tensor("offsets")
+                a, b = int(offsets[r]), int(offsets[r + 1])
+                ids = handle.get_slice("topk_ids")[a:b].long()
+                logprobs = handle.get_slice("topk_logprobs")[a:b]
+                tail = handle.get_slice("tail_logprob")[a:b]
+        except (SafetensorError, OSError, IndexError, KeyError, ValueError, RuntimeError) as err:
+            problem = "is missing" if not path.is_file() else f"cannot be read ({type(err).__name__}: {err})"
+            raise DistillCacheError(f"The offline cache shard {path} {problem}: the cache is truncated or corrupt. "
+                                    f"{_REBUILD}") from None
+        if ids.shape[0] != len(token_ids) - 1:
+            raise DistillCacheError(f"The offline cache shard {path} holds {ids.shape[0]} positions for a row of "
+                                    f"{len(token_ids)} tokens: the cache is corrupt. {_REBUILD}")
         return ids, logprobs, tail

@@ -41,7 +41,6 @@ Example (a full fine-tune: the teacher is a frozen snapshot taken when training 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from typing import Any
@@ -64,7 +63,9 @@ from hf_retain.distill.teachers import (
     teacher_hidden_states,
     vocab_rows,
 )
+from hf_retain.errors import StateFileError
 from hf_retain.mixin import REPLAY_MASK_KEY, RetentionMixin
+from hf_retain.state import load_module_state, read_json_state, save_module_atomic, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -113,7 +114,6 @@ class DistillationMixin(RetentionMixin):
     _distill_cache: OfflineTeacherCache | None = None
     _distill_prepared: bool = False
     _distill_snapshot_file: str | None = None
-    _distill_log: torch.Tensor | None = None
 
     # ---- setup -------------------------------------------------------------------------------------------------
     @property
@@ -131,7 +131,6 @@ class DistillationMixin(RetentionMixin):
         student = self.model  # type: ignore[attr-defined]
         self._distill_prepared, self._distill_teacher, self._distill_cache = False, None, None
         self._distill_teacher_module = self._distill_teacher_mode = None
-        self._distill_log = None
         if head_adapter(student) and self._sharded():  # head_adapter raises for adapters it cannot project through
             raise TeacherError(
                 "the PEFT adapter trains the LM head (LoRA or modules_to_save on it), which distillation supports in "
@@ -194,10 +193,7 @@ class DistillationMixin(RetentionMixin):
         folder = os.path.join(args.output_dir, SNAPSHOT_DIR)
         self._distill_snapshot_file = os.path.abspath(os.path.join(folder, SNAPSHOT_FILE))
         if args.should_save:
-            from safetensors.torch import save_model
-
-            os.makedirs(folder, exist_ok=True)
-            save_model(self._distill_teacher, self._distill_snapshot_file)
+            save_module_atomic(self._distill_teacher, self._distill_snapshot_file)
 
     def _distill_prepare(self) -> None:
         """Place a separate teacher under the training engine, for inference (as TRL does for its teachers)."""
@@ -256,7 +252,7 @@ class DistillationMixin(RetentionMixin):
         rows = mask.any(dim=1).nonzero().flatten()
         distributed = self.accelerator.num_processes > 1  # type: ignore[attr-defined]
         if rows.numel() == 0 and not distributed:  # nothing to distil: skip the teacher entirely
-            self._distill_record(torch.zeros((), device=mask.device), 0)
+            self.record_metric("distill_loss", torch.zeros((), device=mask.device), 0)
             return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
         if rows.numel() == 0:  # keep collectives in step across ranks: run one fully masked row
@@ -281,17 +277,12 @@ class DistillationMixin(RetentionMixin):
         loss, outputs = (result if return_outputs else (result, None))
         denominator, factor = self._distill_denominator(num_items_in_batch, task_mask)
         loss = loss + cfg.distill_alpha * stash["sum"].to(loss.device) * (factor / denominator)
-        self._distill_record(stash["sum"].detach(), stash["count"])
+        self.record_metric("distill_loss", stash["sum"].detach(), stash["count"])
         return (loss, outputs) if return_outputs else loss
 
     def _distill_denominator(self, num_items_in_batch: Any, task_mask: torch.Tensor) -> tuple[Any, float]:
         """The task loss's own normaliser, so alpha weighs per-token divergence against per-token task loss."""
-        scaled = getattr(self, "loss_is_scaled_for_ga", None)
-        if scaled is None:
-            scaled = (getattr(self, "model_accepts_loss_kwargs", False) and num_items_in_batch is not None) or (
-                getattr(self, "compute_loss_func", None) is not None
-            )
-        if scaled and num_items_in_batch is not None:
+        if self.loss_is_window_normalized(num_items_in_batch) and num_items_in_batch is not None:
             factor = 1.0
             if self.args.average_tokens_across_devices:  # type: ignore[attr-defined]
                 tp = self.get_tp_size() if hasattr(self, "get_tp_size") else 1
@@ -389,21 +380,6 @@ class DistillationMixin(RetentionMixin):
 
         return hook
 
-    # ---- logging -----------------------------------------------------------------------------------------------
-    def _distill_record(self, total: torch.Tensor, count: int) -> None:
-        value = torch.stack([total.float().reshape(()), torch.tensor(float(count), device=total.device)])
-        self._distill_log = value if self._distill_log is None else self._distill_log + value.to(
-            self._distill_log.device)
-
-    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        if self._distill_on and "loss" in logs and self._distill_log is not None:
-            totals = self._distill_log.to(self.args.device)  # type: ignore[attr-defined]
-            if self.accelerator.num_processes > 1:  # type: ignore[attr-defined]
-                totals = self.accelerator.reduce(totals, reduction="sum")  # type: ignore[attr-defined]
-            logs["distill_loss"] = float(totals[0] / totals[1].clamp(min=1))
-            self._distill_log = None
-        super().log(logs, *args, **kwargs)  # type: ignore[misc]
-
     # ---- state -------------------------------------------------------------------------------------------------
     def save_retention_state(self, checkpoint_dir: str) -> None:
         if self._distill_on and self.args.should_save:  # type: ignore[attr-defined]
@@ -413,8 +389,7 @@ class DistillationMixin(RetentionMixin):
                 state["snapshot"] = os.path.relpath(self._distill_snapshot_file, checkpoint_dir)
             if cfg.distill_teacher in ("path", "offline"):
                 state["path"] = cfg.distill_teacher_path
-            with open(os.path.join(checkpoint_dir, STATE_FILE), "w") as f:
-                json.dump(state, f, indent=2)
+            write_json_atomic(os.path.join(checkpoint_dir, STATE_FILE), state, indent=2)
         super().save_retention_state(checkpoint_dir)
 
     def load_retention_state(self, checkpoint_dir: str) -> None:
@@ -422,10 +397,18 @@ class DistillationMixin(RetentionMixin):
         if not self._distill_on or self._distill_mode != "model" or self.retention.distill_teacher != "base":
             return
         state_path = os.path.join(checkpoint_dir, STATE_FILE)
+        # Without the record, the teacher stays the snapshot _distill_begin took of the model as passed.
+        passed = ("the teacher is then the model passed to the Trainer, as it is before the checkpoint's weights "
+                  "load, which is right only if that is the model the run started from")
         relative = None
         if os.path.isfile(state_path):
-            with open(state_path) as f:
-                relative = json.load(f).get("snapshot")
+            skip_record = (f"To resume without it, delete that file: {passed}. Or set distill_teacher='path' with "
+                           "distill_teacher_path=<the model the run started from>.")
+            record = read_json_state(state_path, what="distillation teacher record", how_to_skip=skip_record)
+            relative = record.get("snapshot")
+            if relative is not None and not isinstance(relative, str):
+                raise StateFileError(f"The distillation teacher record {state_path} is corrupt: its 'snapshot' is "
+                                     f"{relative!r}, not a file path. {skip_record}")
         if not relative:
             logger.warning(
                 "hf_retain: %s has no saved distillation teacher; distilling toward the model as passed to the "
@@ -439,8 +422,11 @@ class DistillationMixin(RetentionMixin):
                 f"expected at {snapshot} (written once per run). Restore that file, or set distill_teacher='path' "
                 "with distill_teacher_path=<the original model>."
             )
-        from safetensors.torch import load_model
-
-        load_model(self._distill_teacher, snapshot)
+        load_module_state(
+            self._distill_teacher, snapshot, what="distillation teacher snapshot",
+            how_to_skip=(f"It is a copy of the model the run started from, taken once per run. To resume without "
+                         f"it, set distill_teacher='path' with distill_teacher_path=<that model>; or delete "
+                         f"{state_path}: {passed}."),
+        )
         self._distill_snapshot_file = os.path.abspath(snapshot)
 

@@ -28,12 +28,15 @@ import functools
 import inspect
 import logging
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from hf_retain.errors import TeacherError
+from hf_retain.errors import ModelLoadError, TeacherError
+from hf_retain.hub import offline
+from hf_retain.models import BUILTIN_PREFIX, resolve_model
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +55,7 @@ __all__ = [
     "logit_transform",
     "snapshot_teacher",
     "teacher_hidden_states",
+    "teacher_source",
 ]
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -297,24 +301,66 @@ def snapshot_teacher(
     return teacher
 
 
+def teacher_source(path: str) -> str:
+    """Where ``distill_teacher_path`` loads from: a local folder written by ``save_pretrained``, a ``builtin:`` model
+    or a hub id (``org/name``); a local path that does not exist is a `TeacherError` naming it, rather than
+    transformers' complaint that it is not a valid repo id."""
+    if not isinstance(path, str) or not path.strip():
+        raise TeacherError(f"distill_teacher_path={path!r} must name the teacher: a folder written by save_pretrained "
+                           "or a hub id like 'HuggingFaceTB/SmolLM2-135M'.")
+    if path.startswith(BUILTIN_PREFIX):
+        try:
+            return resolve_model(path)
+        except ModelLoadError as err:
+            raise TeacherError(f"distill_teacher_path={path!r}: {err}") from None
+    local = Path(path).expanduser()
+    if local.exists():
+        if not local.is_dir() or not (local / "config.json").is_file():
+            raise TeacherError(
+                f"The teacher path distill_teacher_path={path!r} exists but is not a saved model (no config.json in "
+                "it). It must be a folder written by save_pretrained (model.save_pretrained(folder), or a Trainer "
+                "checkpoint-N folder) or a hub id like 'HuggingFaceTB/SmolLM2-135M'."
+            )
+        return str(local)
+    if path.startswith((".", "/", "~", "\\")) or path.count("/") > 1 or "\\" in path:  # hub ids are 'org/name'
+        raise TeacherError(
+            f"The teacher path distill_teacher_path={path!r} does not exist (relative paths are resolved from "
+            f"{Path.cwd()}). It must be a folder written by save_pretrained (model.save_pretrained(folder), or a "
+            "Trainer checkpoint-N folder) or a hub id like 'HuggingFaceTB/SmolLM2-135M'. Check the path."
+        )
+    return path
+
+
 def load_path_teacher(
     path: str, student: Any, *, student_tokenizer: Any = None, device: str | torch.device | None = None,
     dtype: str | torch.dtype | None = None,
 ) -> nn.Module:
-    """Load the causal LM at ``path`` as a frozen teacher and check it shares the student's vocabulary."""
+    """Load the causal LM at ``path`` (a folder written by ``save_pretrained``, a hub id or a ``builtin:`` model) as
+    a frozen teacher and check it shares the student's vocabulary."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     dtype = DTYPES[dtype] if isinstance(dtype, str) else dtype
     if dtype is None:
         dtype = next(causal_lm_of(student).parameters()).dtype
+    source = teacher_source(path)
     try:
-        teacher = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+        teacher = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, local_files_only=offline())
     except (OSError, ValueError) as err:
-        raise TeacherError(f"could not load the teacher checkpoint distill_teacher_path={path!r}: {err}") from err
+        where = "" if source != path else (
+            f" It is not a local folder (there is none at {Path(path).expanduser().absolute()}), and as a hub id it "
+            "could not be loaded" + (" from the Hugging Face cache, since HF_HUB_OFFLINE=1 forbids downloading"
+                                     if offline() else "") + "."
+        )
+        detail = " ".join(str(err).split()).rstrip(".")  # one paragraph: transformers' messages span lines
+        raise TeacherError(
+            f"could not load the teacher checkpoint distill_teacher_path={path!r}: {type(err).__name__}: {detail}."
+            f"{where} It must be a folder written by save_pretrained (with config.json and the weights) or a hub id "
+            "like 'HuggingFaceTB/SmolLM2-135M'."
+        ) from err
     teacher_tokenizer = None
     if student_tokenizer is not None:
         try:
-            teacher_tokenizer = AutoTokenizer.from_pretrained(path)
+            teacher_tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=offline())
         except (OSError, ValueError, TypeError):
             logger.info("hf_retain: %s has no tokenizer files; checked the vocabulary size only.", path)
     check_same_vocab(student, teacher, student_tokenizer, teacher_tokenizer)

@@ -31,7 +31,9 @@ from typing import Any
 
 import torch
 
-from hf_retain.errors import FisherError
+from hf_retain.distributed import is_distributed, rank, world_size
+from hf_retain.errors import FisherError, StateFileError
+from hf_retain.state import load_safetensors_state, save_safetensors_atomic
 
 __all__ = ["FisherState", "FisherError", "estimate_fisher", "trainable_parameters", "FISHER_METHODS"]
 
@@ -190,50 +192,69 @@ class FisherState:
 
     # ---- files -----------------------------------------------------------------------------------------------
     def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write ``ewc_fisher.safetensors`` (tensors + JSON metadata) into ``directory``; returns the file."""
-        from safetensors.torch import save_file
-
-        out = Path(directory)
-        out.mkdir(parents=True, exist_ok=True)
+        """Write ``ewc_fisher.safetensors`` (tensors + JSON metadata) into ``directory`` atomically; returns the
+        file."""
         tensors = {f"fisher/{n}": v.detach().contiguous().cpu() for n, v in self.fisher.items()}
         tensors.update({f"anchor/{n}": v.detach().contiguous().cpu() for n, v in self.anchor.items()})
         metadata = {"hf_retain": json.dumps({
             "format_version": _FORMAT_VERSION, "method": self.method, "num_samples": self.num_samples,
             "normalization": self.normalization, "fingerprint": self.fingerprint,
         })}
-        path = out / _STATE_FILE
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-        return path
+        return save_safetensors_atomic(tensors, Path(directory) / _STATE_FILE, metadata=metadata)
 
     @classmethod
-    def load(cls, directory: str | os.PathLike[str], device: torch.device | str = "cpu") -> FisherState:
-        """Read what `save` wrote (a folder, or the ``.safetensors`` file itself)."""
-        from safetensors import safe_open
+    def load(
+        cls, directory: str | os.PathLike[str], device: torch.device | str = "cpu", *, how_to_skip: str | None = None
+    ) -> FisherState:
+        """Read what `save` wrote (a folder, or the ``.safetensors`` file itself).
 
+        A truncated or corrupt file raises `StateFileError` naming it and ending with ``how_to_skip`` (by default:
+        save or estimate the state again); a checkpoint's loader passes how to resume without it.
+        """
         path = Path(directory)
         if path.is_dir():
             path = path / _STATE_FILE
         if not path.is_file():
             raise FisherError(f"No Fisher state at {path}; save one with FisherState.save(dir) or estimate it with "
                               "hf_retain.estimate_fisher(model, data).")
-        with safe_open(str(path), framework="pt", device=str(device)) as handle:
-            raw = (handle.metadata() or {}).get("hf_retain")
-            if raw is None:
-                raise FisherError(f"{path} is a safetensors file without hf_retain metadata; it was not written by "
-                                  "FisherState.save.")
+        skip = how_to_skip or ("Write it again with FisherState.save(dir), or estimate a new one with "
+                               "hf_retain.estimate_fisher(model, data).")
+        tensors, file_meta = load_safetensors_state(path, what="EWC Fisher state", how_to_skip=skip, device=device)
+
+        def corrupt(problem: str) -> StateFileError:
+            return StateFileError(f"The EWC Fisher state {path} {problem}. {skip}")
+
+        raw = file_meta.get("hf_retain")
+        if raw is None:
+            raise FisherError(f"{path} is a safetensors file without hf_retain metadata; it was not written by "
+                              "FisherState.save.")
+        try:
             meta = json.loads(raw)
-            if meta.get("format_version", 0) > _FORMAT_VERSION:
-                raise FisherError(f"{path} has format version {meta['format_version']}; upgrade hf_retain.")
-            fisher, anchor = {}, {}
-            for key in handle.keys():  # noqa: SIM118 - safe_open has keys(), not iteration
-                kind, name = key.split("/", 1)
-                (fisher if kind == "fisher" else anchor)[name] = handle.get_tensor(key)
-        fingerprint = [(n, list(s), d) for n, s, d in meta["fingerprint"]]
+        except json.JSONDecodeError:
+            raise corrupt("has corrupt hf_retain metadata (not valid JSON)") from None
+        if not isinstance(meta, dict):
+            raise corrupt("has corrupt hf_retain metadata (not a JSON object)")
+        version = meta.get("format_version", 0)
+        if isinstance(version, int) and version > _FORMAT_VERSION:
+            raise FisherError(f"{path} has format version {meta['format_version']}; upgrade hf_retain.")
+        try:
+            fingerprint = [(str(n), [int(x) for x in shape], str(dt)) for n, shape, dt in meta["fingerprint"]]
+            method, num_samples = str(meta["method"]), int(meta["num_samples"])
+        except (KeyError, TypeError, ValueError):
+            raise corrupt("has incomplete hf_retain metadata (fingerprint, method or num_samples missing or "
+                          "malformed)") from None
+        fisher, anchor = {}, {}
+        for key, tensor in tensors.items():
+            kind, _, name = key.partition("/")
+            if kind not in ("fisher", "anchor") or not name:
+                raise corrupt(f"holds tensor {key!r}, which FisherState.save never writes")
+            (fisher if kind == "fisher" else anchor)[name] = tensor
         order = [n for n, _, _ in fingerprint]
-        return cls({n: fisher[n] for n in order if n in fisher}, {n: anchor[n] for n in order}, meta["method"],
-                   int(meta["num_samples"]), fingerprint, meta.get("normalization"))
+        lacking = [n for n in order if n not in anchor or (method != "uniform" and n not in fisher)]
+        if lacking:
+            raise corrupt(f"lacks the tensors of parameter {lacking[0]!r} that its fingerprint lists")
+        return cls({n: fisher[n] for n in order if n in fisher}, {n: anchor[n] for n in order}, method,
+                   num_samples, fingerprint, meta.get("normalization"))
 
     @staticmethod
     def exists(directory: str | os.PathLike[str]) -> bool:
@@ -414,8 +435,6 @@ def estimate_fisher(
         raise FisherError(f"num_samples={num_samples!r} must be a positive integer or None (all rows).")
     if not isinstance(data, torch.utils.data.DataLoader) and hasattr(data, "__len__") and len(data) == 0:
         raise FisherError("estimate_fisher got empty data; pass rows of the task whose knowledge to protect.")
-    from hf_retain.distributed import rank, world_size
-
     model = _unwrap(model)
     config = getattr(model, "config", None)
     pad_id = getattr(config, "pad_token_id", None)
@@ -446,8 +465,6 @@ def estimate_fisher(
                     _accumulate_batch(model, params, batch, sums, counts)
                 else:
                     _accumulate_per_sample(model, params, batch, sums, counts, sample=(method == "true"))
-        from hf_retain.distributed import is_distributed
-
         if is_distributed() and world_size() > 1:
             import torch.distributed as dist
 

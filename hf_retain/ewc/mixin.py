@@ -30,6 +30,8 @@ from typing import Any
 
 import torch
 
+from hf_retain.data.loading import load_text_dataset
+from hf_retain.distributed import rank, world_size
 from hf_retain.ewc.fisher import FisherError, FisherState, estimate_fisher, trainable_parameters
 from hf_retain.mixin import RetentionMixin
 
@@ -134,8 +136,6 @@ class EWCPenalty:
             else:
                 self._add_replicated(param, fisher, anchor)
         if self._zero3:
-            from hf_retain.distributed import world_size
-
             self.sharded, self.world = True, world_size()
             self._register_zero3_hooks(model)
 
@@ -147,8 +147,6 @@ class EWCPenalty:
         self._replicated[2].append(anchor.to(device=param.device, dtype=param.dtype))
 
     def _add_zero3(self, param, fisher, anchor) -> None:
-        from hf_retain.distributed import rank
-
         part = param.ds_tensor.ds_numel  # every rank holds `part` elements of the flattened parameter (padded)
         start = min(rank() * part, param.ds_numel)
         end = min(start + part, param.ds_numel)
@@ -165,7 +163,7 @@ class EWCPenalty:
 
     def _make_hook(self, owned: list[torch.nn.Parameter]):
         def hook(module, args):
-            if not self._armed:
+            if not self._armed or not torch.is_grad_enabled():  # e.g. a no-grad teacher forward through the model
                 return
             for param in owned:
                 if id(param) in self._seen:  # tied weights, or a module called twice: count once
@@ -243,6 +241,8 @@ class EWCMixin(RetentionMixin):
         self._ewc_state: FisherState | None = None
         self._ewc_penalty: EWCPenalty | None = None
         self._ewc_applied_step = -1
+        if self._ewc_on:
+            self.add_log_gauge("ewc_penalty", self._ewc_penalty_value)
 
     # ---- public --------------------------------------------------------------------------------------------------
     @property
@@ -318,15 +318,20 @@ class EWCMixin(RetentionMixin):
                 return {k: v for k, v in out.items() if k in ("input_ids", "attention_mask", "labels")}
 
             return rows, collate
-        from hf_retain.data.loading import load_text_dataset
-
         dataset = load_text_dataset(source, max_samples=self.retention.ewc_fisher_samples)
         if "input_ids" in dataset.column_names:
             return [{"input_ids": ids, "labels": ids} for ids in dataset["input_ids"]], None
         tokenizer = self.processing_class  # type: ignore[attr-defined]
-        if tokenizer is None or "text" not in dataset.column_names:
-            raise FisherError(f"Cannot tokenize the Fisher dataset {source!r}: it needs a 'text' column and the "
-                              "Trainer needs processing_class=tokenizer (or give the dataset 'input_ids').")
+        if "text" not in dataset.column_names:
+            which = "ewc_fisher_dataset" if self.retention.ewc_fisher_dataset else "replay_dataset"
+            raise FisherError(
+                f"Cannot estimate the EWC Fisher on {source} (RetentionConfig.{which}): it has columns "
+                f"{dataset.column_names}, and EWC reads a 'text' column to tokenise (or pre-tokenised 'input_ids'). "
+                "Rename the column holding the text to 'text', or set ewc_fisher_dataset to data that has one."
+            )
+        if tokenizer is None:
+            raise FisherError(f"Cannot tokenize the Fisher dataset {source!r}: the Trainer needs "
+                              "processing_class=tokenizer (or give the dataset 'input_ids').")
         tokenizer = getattr(tokenizer, "tokenizer", tokenizer)  # processors wrap a tokenizer
         max_length = getattr(self.args, "max_length", None) or 1024  # type: ignore[attr-defined]
         encoded = tokenizer(list(dataset["text"]), truncation=True, max_length=max_length)["input_ids"]
@@ -345,15 +350,6 @@ class EWCMixin(RetentionMixin):
         return self._ewc_penalty
 
     # ---- loss ----------------------------------------------------------------------------------------------------
-    def _loss_scaled_for_ga(self, num_items_in_batch: Any) -> bool:
-        # Mirror Trainer.training_step: it divides compute_loss's result by the accumulation steps unless the loss
-        # is already normalised over the whole accumulation window.
-        explicit = getattr(self, "loss_is_scaled_for_ga", None)
-        if explicit is not None:
-            return bool(explicit)
-        return bool((getattr(self, "model_accepts_loss_kwargs", False) and num_items_in_batch is not None)
-                    or getattr(self, "compute_loss_func", None) is not None)
-
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         step = self.state.global_step  # type: ignore[attr-defined]
         if (not self._ewc_on or not (model.training and torch.is_grad_enabled())
@@ -373,17 +369,15 @@ class EWCMixin(RetentionMixin):
         term = penalty.finish()  # zero-valued: the reported loss stays the task loss
         # Trainer.training_step divides the loss by the accumulation steps unless it is already normalised over
         # the window; undo that so the gradient holds the penalty exactly once.
-        steps = max(int(getattr(self, "current_gradient_accumulation_steps", 1) or 1), 1)
-        weight = 1.0 if self._loss_scaled_for_ga(num_items_in_batch) else float(steps)
+        weight = 1.0 if self.loss_is_window_normalized(num_items_in_batch) else float(self.accumulation_steps)
         if return_outputs:
             loss, outputs = result
             return loss + weight * term, outputs
         return result + weight * term
 
-    def log(self, logs: dict[str, float], *args: Any, **kwargs: Any) -> None:
-        if self._ewc_on and "loss" in logs and self._ewc_penalty is not None:
-            logs["ewc_penalty"] = self._ewc_penalty.value()  # at the current weights; every rank logs together
-        super().log(logs, *args, **kwargs)  # type: ignore[misc]
+    def _ewc_penalty_value(self) -> float | None:
+        """The penalty at the current weights, for the training logs (all-reduced when sharded: every rank logs)."""
+        return self._ewc_penalty.value() if self._ewc_penalty is not None else None
 
     # ---- state ---------------------------------------------------------------------------------------------------
     def save_retention_state(self, checkpoint_dir: str) -> None:
@@ -394,7 +388,16 @@ class EWCMixin(RetentionMixin):
     def load_retention_state(self, checkpoint_dir: str) -> None:
         super().load_retention_state(checkpoint_dir)
         if self._ewc_on and FisherState.exists(checkpoint_dir):
-            state = FisherState.load(checkpoint_dir)
+            # Without the file, train() estimates the state again before the checkpoint's weights are loaded, i.e.
+            # from the model as passed to the Trainer (see EWCMixin.train).
+            skip = (
+                "To resume without it, delete that file: EWC then estimates the Fisher and anchors again when "
+                "training resumes (one more estimation pass), from the model passed to the Trainer, before the "
+                "checkpoint's weights are loaded, on the same Fisher data. That matches the original run only if you "
+                "pass the model the run started from (and for ewc_fisher_method='true' only up to the labels it "
+                "samples); from any other model the penalty pulls toward other weights."
+            )
+            state = FisherState.load(checkpoint_dir, how_to_skip=skip)
             state.check_compatible(self.model)  # type: ignore[attr-defined]
             self._ewc_state = state
             self._drop_penalty()

@@ -20,7 +20,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
-from hf_retain.lineage.info import canonical_optimizer_name
+from hf_retain.optim.policy import canonical_optimizer_name
 
 __all__ = ["FinetuneOptimizer", "finetune_optimizer", "unwrap_optimizer", "optimizer_hyperparameters"]
 

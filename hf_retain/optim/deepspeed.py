@@ -1,9 +1,10 @@
 """Muon under DeepSpeed ZeRO-1/2/3: DeepSpeed's native Muon, configured so hidden matrices really get Muon.
 
 A torch optimizer under ZeRO sees flattened 1-D partitions, so a hand-made Muon there is either an error or,
-worse, silently AdamW/SGD (LLaMA-Factory #8041, DeepSpeed #8438). DeepSpeed (0.19.8 here) has its own Muon: the
-config's ``optimizer.type: Muon``; `deepspeed.initialize` tags each parameter ``use_muon`` (2-D and no ``embed``/
-``lm_head`` in its name) and ZeRO orthogonalises the *full* gradient of each tagged matrix before its step.
+worse, silently AdamW/SGD (hiyouga/LlamaFactory#8041, deepspeedai/DeepSpeed#8438). DeepSpeed (0.19.8 here) has
+its own Muon: the config's ``optimizer.type: Muon``; `deepspeed.initialize` tags each parameter ``use_muon`` (2-D
+and no ``embed``/``lm_head`` in its name) and ZeRO orthogonalises the *full* gradient of each tagged matrix before
+its step.
 
 Two ways in:
 
@@ -34,7 +35,13 @@ from typing import Any
 
 from torch import nn
 
-from hf_retain.optim.muon import ADJUST_LR_FNS, DEFAULT_ADJUST_LR_FN, layer_shape, split_params_for_muon
+from hf_retain.optim.muon import (
+    ADJUST_LR_FNS,
+    DEFAULT_ADJUST_LR_FN,
+    layer_shape,
+    split_params_for_muon,
+    torch_muon_function,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -95,9 +102,8 @@ def deepspeed_muon_tags(model: nn.Module) -> dict[str, bool]:
 
 
 def _torch_scale(adjust_lr_fn: str | None, shape: tuple[int, ...]) -> float:
-    from torch.optim._muon import _adjust_lr
-
-    return _adjust_lr(1.0, adjust_lr_fn, shape)  # type: ignore[arg-type]
+    """torch.optim.Muon's LR multiplier for a matrix of ``shape`` (its private ``_adjust_lr``, version-checked)."""
+    return torch_muon_function("_adjust_lr")(1.0, adjust_lr_fn, shape)
 
 
 def _deepspeed_scale(shape: tuple[int, ...]) -> float:

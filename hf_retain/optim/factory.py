@@ -2,8 +2,8 @@
 
 Names: ``adamw``, ``adam`` (torch's), ``adafactor`` (transformers'), ``sgd``, ``muon`` (`MuonWithAdamW`: Muon for
 hidden matrices, AdamW for the rest) and ``auto``: the optimizer that pretrained the model, as the lineage reader
-(`hf_retain.lineage.read_pretraining_optimizer`) finds it; when it finds none, or one we do not provide, ``auto``
-falls back to ``fallback=`` (default ``adamw``) and logs why.
+(`hf_retain.lineage.lookup_pretraining_optimizer`) finds it; when it finds none, or one we do not provide, ``auto``
+falls back to ``fallback=`` (default ``adamw``) and logs why (`hf_retain.optim.policy.resolve_auto`).
 
 Every optimizer gets transformers.Trainer's grouping: no weight decay on biases and norms. Hyperparameters are the
 optimizer's own keyword names; one it does not take is an error that lists those it does.
@@ -42,18 +42,26 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers.optimization import Adafactor
 
+from hf_retain.lineage.reader import LineageLookup, lookup_pretraining_optimizer
 from hf_retain.optim.muon import MuonWithAdamW, split_params_for_muon
+from hf_retain.optim.policy import (
+    OPTIMIZER_NAMES,
+    SUPPORTED_OPTIMIZERS,
+    resolve_auto,
+    same_family,
+    trainer_optim_family,
+)
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
-    "OPTIMIZER_NAMES", "SUPPORTED_OPTIMIZERS", "OptimizerFactory", "create_optimizer", "optimizer_cls_and_kwargs",
-    "optimizer_hparams", "pretraining_optimizer_family", "resolve_auto", "same_family", "trainer_optim_family",
+    "OPTIMIZER_NAMES", "SUPPORTED_OPTIMIZERS", "OptimizerFactory", "create_optimizer", "lineage_family",
+    "optimizer_cls_and_kwargs", "optimizer_hparams", "pretraining_optimizer_family", "resolve_auto", "same_family",
+    "trainer_optim_family",
 ]
 
-SUPPORTED_OPTIMIZERS = ("adamw", "adam", "adafactor", "sgd", "muon")
-OPTIMIZER_NAMES = (*SUPPORTED_OPTIMIZERS, "auto")
 # Muon keywords beyond MuonWithAdamW's constructor: the AdamW half's own LR/decay and the LoRA opt-in.
 _MUON_EXTRA = ("adamw_lr", "adamw_weight_decay", "muon_lora")
 
@@ -66,8 +74,6 @@ def _optimizer_class(name: str) -> type[torch.optim.Optimizer]:
     if name == "sgd":
         return torch.optim.SGD
     if name == "adafactor":
-        from transformers.optimization import Adafactor
-
         return Adafactor
     if name == "muon":
         return MuonWithAdamW
@@ -94,57 +100,27 @@ def _check_hparams(name: str, hparams: dict[str, Any]) -> None:
                          f"{list(optimizer_hparams(name))}.")
 
 
-def same_family(a: str | None, b: str | None) -> bool:
-    """Whether two canonical optimizer names count as the same optimizer for consistency (Adam ~ AdamW)."""
-    if a is None or b is None:
-        return False
-    return a == b or {a, b} <= {"adam", "adamw"}
+def lineage_family(found: LineageLookup) -> tuple[str | None, str]:
+    """``(canonical family or None, where it was read or why it was not)`` of a lineage lookup already made."""
+    info = found.info
+    name = (str(getattr(info, "name", "") or "").lower() or None) if info is not None else None
+    if name is None:
+        return None, "lineage reader: " + ("; ".join(found.notes[-2:]) if found.notes else "nothing found")
+    return name, str(getattr(info, "source", "") or "lineage reader")
 
 
-def trainer_optim_family(optim: Any) -> str:
-    """Canonical family of a `TrainingArguments.optim` value ('adamw_torch_fused' -> 'adamw')."""
-    value = str(getattr(optim, "value", optim)).lower()
-    if value.startswith(("adamw", "paged_adamw", "galore_adamw", "apollo_adamw", "stable_adamw", "grokadamw")) or \
-            value in ("adamw_8bit", "adamw_bnb_8bit", "adamw_anyprecision"):
-        return "adamw"
-    if value.startswith(("adafactor", "galore_adafactor")):
-        return "adafactor"
-    if value.startswith(("sgd", "schedule_free_sgd")):
-        return "sgd"
-    for family in ("lion", "rmsprop", "adagrad", "ademamix"):
-        if family in value:
-            return family
-    return f"other:{value}"
+def pretraining_optimizer_family(model: Any) -> tuple[str | None, str]:
+    """``(canonical family or None, where it came from)`` for ``model``: one lineage lookup; never raises.
 
-
-def pretraining_optimizer_family(model: nn.Module) -> tuple[str | None, str]:
-    """``(canonical name or None, where it came from)`` from the lineage reader; never raises."""
+    A trainer reads the lineage once per run (`RetentionMixin.pretraining_lineage`) and passes the lookup to
+    `lineage_family`; this is for standalone use, such as ``create_optimizer(model, "auto")``.
+    """
     try:
-        from hf_retain.lineage import read_pretraining_optimizer
-    except ImportError as err:
-        return None, f"the lineage reader is unavailable ({err})"
-    try:
-        info = read_pretraining_optimizer(model)
+        found = lookup_pretraining_optimizer(model)
     except Exception as err:  # a reader failure must not stop a run that asked for a fallback
         logger.warning("hf_retain: reading the pretraining optimizer failed (%s: %s).", type(err).__name__, err)
         return None, f"the lineage reader failed ({type(err).__name__}: {err})"
-    if info is None:
-        return None, "the lineage reader found no pretraining optimizer for this model"
-    name = str(getattr(info, "name", "") or "").lower() or None
-    source = getattr(info, "source", None)
-    return name, f"lineage: {name}" + (f" ({source})" if source else "")
-
-
-def resolve_auto(model: nn.Module, fallback: str | None) -> tuple[str | None, str]:
-    """The optimizer ``auto`` means for ``model``: ``(name, reason)``; ``name`` is ``fallback`` when the pretraining
-    optimizer is unknown or not one we provide."""
-    found, why = pretraining_optimizer_family(model)
-    if found in SUPPORTED_OPTIMIZERS:
-        return found, f"auto -> {found}: {why}"
-    if found is not None:
-        why = f"the model was pretrained with {found!r}, which hf_retain does not provide"
-    shown = fallback if fallback is not None else "the Trainer's own optimizer"
-    return fallback, f"auto -> {shown} (fallback): {why}"
+    return lineage_family(found)
 
 
 def _deepspeed_active(model: nn.Module) -> bool:
@@ -182,7 +158,8 @@ def create_optimizer(model: nn.Module, name: str, *, lr: float, weight_decay: fl
         unknown = sorted(set(hparams) - known)
         if unknown:
             raise ValueError(f"No optimizer takes {unknown}; see hf_retain.optim.optimizer_hparams(name).")
-        chosen, reason = resolve_auto(model, fallback)
+        family, found = pretraining_optimizer_family(model)
+        chosen, reason = resolve_auto(family, fallback, found=found)
         logger.info("hf_retain: %s", reason)
         dropped = sorted(set(hparams) - set(optimizer_hparams(chosen)))
         if dropped:

@@ -7,11 +7,15 @@ nothing at all: the Trainer builds its own optimizer from ``args.optim``.
 * ``optimizer``: ``adamw``/``adam``/``adafactor``/``sgd``/``muon`` via `hf_retain.optim.create_optimizer` with
   ``args.learning_rate``, ``args.weight_decay`` (and ``args.adam_beta1/2``, ``args.adam_epsilon`` for the Adam
   family and Muon's AdamW half) plus ``optimizer_kwargs``; ``auto`` = the pretraining optimizer the lineage reader
-  finds, else the Trainer's own ``args.optim`` (logged with the reason).
+  finds, else the Trainer's own ``args.optim`` (logged with the reason). The lineage is the run's one lookup
+  (`RetentionMixin.pretraining_lineage`), shared with the consistency and lineage callbacks.
 * Under DeepSpeed, ``muon`` becomes DeepSpeed's native Muon (`hf_retain.optim.deepspeed`): the config section is
   written before DeepSpeed starts; a DeepSpeed config that already names an optimizer is an error.
 * ``mismatch_mitigation``: when the fine-tune optimizer's family differs from the pretraining one, LR and weight
   decay are multiplied by ``mismatch_lr_scale``/``mismatch_wd_scale`` (all param groups, incl. ``adamw_lr``).
+
+Families, ``auto`` and the scaling are `hf_retain.optim.policy`'s, the same that `OptimizerConsistencyCallback`
+uses, so the two always agree on whether a run switches optimizer.
 
 What was chosen, why, and with which hyperparameters is logged and kept in ``trainer.optimizer_choice`` (also
 written as ``optimizer_choice.json`` into each checkpoint), for lineage and reports.
@@ -35,17 +39,23 @@ import logging
 import os
 from typing import Any
 
-from hf_retain.config import ConfigError
+from hf_retain.distributed import broadcast_object, is_distributed, rank
+from hf_retain.errors import ConfigError
+from hf_retain.lineage.reader import LineageLookup
 from hf_retain.mixin import RetentionMixin
-from hf_retain.optim.factory import (
+from hf_retain.optim.deepspeed import check_deepspeed_hparams, deepspeed_muon_config, deepspeed_param_groups
+from hf_retain.optim.factory import create_optimizer, lineage_family, optimizer_hparams
+from hf_retain.optim.muon import split_params_for_muon
+from hf_retain.optim.policy import (
     OPTIMIZER_NAMES,
     SUPPORTED_OPTIMIZERS,
-    create_optimizer,
-    optimizer_hparams,
-    pretraining_optimizer_family,
-    same_family,
+    apply_mitigation,
+    consistency_status,
+    mitigation_scales,
+    resolve_auto,
     trainer_optim_family,
 )
+from hf_retain.state import read_json_state, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -54,15 +64,9 @@ __all__ = ["OptimizerMixin", "OPTIMIZER_CHOICE_FILE"]
 OPTIMIZER_CHOICE_FILE = "optimizer_choice.json"
 
 
-def _is_distributed() -> bool:
-    from hf_retain.distributed import is_distributed
-
-    return is_distributed()
-
-
 def _is_dummy_optim(optimizer: Any) -> bool:
     """Whether DeepSpeed will build the optimizer from its config (accelerate's placeholder; DeepSpeed runs only)."""
-    from accelerate.utils import DummyOptim  # importable only where DeepSpeed is installed
+    from accelerate.utils import DummyOptim  # optional dependency: importable only where DeepSpeed is installed
 
     return isinstance(optimizer, DummyOptim)
 
@@ -109,8 +113,6 @@ class OptimizerMixin(RetentionMixin):
                 raise ConfigError(f"RetentionConfig.optimizer_kwargs has {unknown}, which optimizer {requested!r} "
                                   f"does not take; it takes {list(allowed)}.")
         if requested == "muon":
-            from hf_retain.optim.muon import split_params_for_muon
-
             split = split_params_for_muon(self.model, muon_lora=bool(extra.get("muon_lora", False)))  # type: ignore[attr-defined]
             if not split.muon:
                 raise ConfigError(
@@ -123,20 +125,19 @@ class OptimizerMixin(RetentionMixin):
     def _active(self) -> bool:
         return self.retention.optimizer is not None or self.retention.mismatch_mitigation
 
-    def _plan_optimizer(self, model: Any) -> dict[str, Any]:
-        """Resolve name, LR, weight decay and hyperparameters once: decided on rank 0 (one lineage lookup, one log)
-        and broadcast, so every rank builds the same optimizer."""
+    def _plan_optimizer(self) -> dict[str, Any]:
+        """Resolve name, LR, weight decay and hyperparameters once: decided on rank 0 (one log) and broadcast, so
+        every rank builds the same optimizer. The pretraining lineage is the run's one lookup, shared."""
         if self._optimizer_plan is not None:
             return self._optimizer_plan
-        from hf_retain.distributed import broadcast_object, rank
-
+        found = self.pretraining_lineage()  # on every rank: it broadcasts
         decided: tuple[Any, ...] | None = None
         if rank() == 0:
             try:
-                decided = ("ok", *self._decide_optimizer(model))
+                decided = ("ok", *self._decide_optimizer(found))
             except Exception as err:  # tell the other ranks instead of leaving them waiting in the broadcast
                 decided = ("error", f"{type(err).__name__}: {err}")
-                if not _is_distributed():
+                if not is_distributed():
                     raise
         decided = broadcast_object(decided)
         if decided[0] == "error":
@@ -145,25 +146,20 @@ class OptimizerMixin(RetentionMixin):
         self.optimizer_choice = dict(self._optimizer_plan)
         return self._optimizer_plan
 
-    def _decide_optimizer(self, model: Any) -> tuple[dict[str, Any], str | None, dict[str, Any]]:
+    def _decide_optimizer(self, found: LineageLookup) -> tuple[dict[str, Any], str | None, dict[str, Any]]:
+        """The plan for this run given the pretraining lineage ``found`` (`hf_retain.optim.policy` decides)."""
         retention, args = self.retention, self.args  # type: ignore[attr-defined]
         requested = retention.optimizer
         hparams = dict(retention.optimizer_kwargs or {})
-        pretrain, why = (None, "not looked up")
-        if requested == "auto" or retention.mismatch_mitigation:
-            pretrain, why = pretraining_optimizer_family(model)
+        pretrain, where = lineage_family(found)
+        trainer_optim = getattr(args.optim, "value", args.optim)
         name, source = requested, "RetentionConfig.optimizer"
         if requested is None:
-            source = f"TrainingArguments.optim={getattr(args.optim, 'value', args.optim)}"
+            source = f"TrainingArguments.optim={trainer_optim}"
         elif requested == "auto":
-            if pretrain in SUPPORTED_OPTIMIZERS:
-                name, source = pretrain, f"auto: {why}"
-            else:
-                reason = (f"the model was pretrained with {pretrain!r}, which hf_retain does not provide"
-                          if pretrain is not None else why)
-                name = None
-                source = f"auto fell back to TrainingArguments.optim={getattr(args.optim, 'value', args.optim)}: " \
-                         f"{reason}"
+            name, source = resolve_auto(pretrain, None, found=where)
+            if name is None:
+                source = f"auto fell back to TrainingArguments.optim={trainer_optim}: {source}"
                 logger.warning("hf_retain: optimizer %s", source)
         family = name if name is not None else trainer_optim_family(args.optim)
         if name is not None:
@@ -180,31 +176,33 @@ class OptimizerMixin(RetentionMixin):
         elif hparams:
             logger.info("hf_retain: optimizer_kwargs %s unused: the Trainer builds its own optimizer.", sorted(hparams))
             hparams = {}
-        lr, weight_decay = float(args.learning_rate), float(args.weight_decay)
-        mismatch = pretrain is not None and not same_family(family, pretrain)
-        scaled = bool(retention.mismatch_mitigation and mismatch)
+        status = consistency_status(family, pretrain)
+        scaled = bool(retention.mismatch_mitigation and status == "mismatch")
+        lr_scale, wd_scale = mitigation_scales(scaled, retention.mismatch_lr_scale, retention.mismatch_wd_scale)
+        lr, weight_decay = float(args.learning_rate) * lr_scale, float(args.weight_decay) * wd_scale
         if scaled:
-            lr_scale, wd_scale = retention.mismatch_lr_scale, retention.mismatch_wd_scale
-            lr, weight_decay = lr * lr_scale, weight_decay * wd_scale
-            for key, scale in (("adamw_lr", lr_scale), ("adamw_weight_decay", wd_scale)):
-                if hparams.get(key) is not None:
-                    hparams[key] = hparams[key] * scale
             logger.warning("hf_retain: optimizer mismatch (fine-tune %s, pretrained with %s): mismatch_mitigation "
                            "scales LR by %g and weight decay by %g -> lr=%g, weight_decay=%g.", family, pretrain,
                            lr_scale, wd_scale, lr, weight_decay)
         elif retention.mismatch_mitigation:
             logger.info("hf_retain: mismatch_mitigation on, no scaling: %s.",
-                        f"fine-tune {family} matches pretraining {pretrain}" if pretrain else why)
+                        f"fine-tune {family} matches pretraining {pretrain}" if pretrain else where)
         plan = {
             "requested": requested, "optimizer": family, "built_by": "hf_retain" if name else "trainer",
             "source": source, "lr": lr, "weight_decay": weight_decay,
             "hparams": {k: list(v) if isinstance(v, tuple) else v for k, v in hparams.items()},
-            "pretraining_optimizer": pretrain, "mismatch": mismatch, "mitigation_applied": scaled,
-            "lr_scale": retention.mismatch_lr_scale if scaled else 1.0,
-            "wd_scale": retention.mismatch_wd_scale if scaled else 1.0,
+            "pretraining_optimizer": pretrain, "pretraining_source": where, "status": status,
+            "mismatch": status == "mismatch", "mitigation_applied": scaled, "lr_scale": lr_scale,
+            "wd_scale": wd_scale,
         }
         logger.info("hf_retain: optimizer choice %s", json.dumps(plan, default=str))
         return plan, name, hparams
+
+    def _mitigate(self, groups: Any) -> None:
+        """Apply the plan's mismatch scaling to freshly built param groups (`hf_retain.optim.policy`)."""
+        plan = self._optimizer_plan or {}
+        if plan.get("mitigation_applied"):
+            apply_mitigation(groups, plan["lr_scale"], plan["wd_scale"])
 
     # ---- Trainer hooks -----------------------------------------------------------------------------------------
     def create_optimizer(self, model: Any = None):
@@ -218,18 +216,17 @@ class OptimizerMixin(RetentionMixin):
         if self.optimizer is not None:  # type: ignore[attr-defined]
             return super().create_optimizer(model)  # type: ignore[misc]
         opt_model = self.model if model is None else model  # type: ignore[attr-defined]
-        plan = self._plan_optimizer(opt_model)
+        self._plan_optimizer()
         if self._plan_name is None:
             optimizer = super().create_optimizer(model)  # type: ignore[misc]
-            if plan["mitigation_applied"]:
-                for group in optimizer.param_groups:
-                    group["lr"] = group["lr"] * plan["lr_scale"]
-                    group["weight_decay"] = group.get("weight_decay", 0.0) * plan["wd_scale"]
-            return optimizer
-        hparams = {k: v for k, v in self._plan_hparams.items() if k != "ns_method"}  # ns_method: DeepSpeed only
-        self.optimizer = create_optimizer(opt_model, self._plan_name, lr=plan["lr"],
-                                          weight_decay=plan["weight_decay"], **hparams)
-        return self.optimizer
+        else:
+            args = self.args  # type: ignore[attr-defined]
+            hparams = {k: v for k, v in self._plan_hparams.items() if k != "ns_method"}  # ns_method: DeepSpeed only
+            optimizer = self.optimizer = create_optimizer(
+                opt_model, self._plan_name, lr=float(args.learning_rate), weight_decay=float(args.weight_decay),
+                **hparams)
+        self._mitigate(optimizer.param_groups)  # before the Trainer builds its scheduler on these LRs
+        return optimizer
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
         if self._active() and getattr(self, "is_deepspeed_enabled", False):
@@ -239,16 +236,17 @@ class OptimizerMixin(RetentionMixin):
     def save_retention_state(self, checkpoint_dir: str) -> None:
         super().save_retention_state(checkpoint_dir)
         if self.optimizer_choice is not None and self.is_world_process_zero():  # type: ignore[attr-defined]
-            with open(os.path.join(checkpoint_dir, OPTIMIZER_CHOICE_FILE), "w", encoding="utf-8") as handle:
-                json.dump(self.optimizer_choice, handle, indent=2, default=str)
+            write_json_atomic(os.path.join(checkpoint_dir, OPTIMIZER_CHOICE_FILE), self.optimizer_choice, indent=2,
+                              default=str)
 
     def load_retention_state(self, checkpoint_dir: str) -> None:
         super().load_retention_state(checkpoint_dir)
         path = os.path.join(checkpoint_dir, OPTIMIZER_CHOICE_FILE)
         if self._active() and os.path.isfile(path):
-            with open(path, encoding="utf-8") as handle:
-                saved = json.load(handle)
-            plan = self._plan_optimizer(self.model)  # type: ignore[attr-defined]
+            saved = read_json_state(path, what="optimizer choice", how_to_skip=(
+                f"Delete {OPTIMIZER_CHOICE_FILE} from the checkpoint to resume without the check that this run "
+                "builds the optimizer the checkpoint was trained with."))
+            plan = self._plan_optimizer()
             if saved.get("optimizer") != plan["optimizer"]:
                 raise ConfigError(f"Checkpoint {checkpoint_dir} was trained with optimizer {saved.get('optimizer')!r}"
                                   f" and this run resolves to {plan['optimizer']!r}; its optimizer state cannot be "
@@ -258,7 +256,7 @@ class OptimizerMixin(RetentionMixin):
     def _configure_deepspeed_optimizer(self) -> None:
         plugin = self.accelerator.state.deepspeed_plugin  # type: ignore[attr-defined]
         config = plugin.hf_ds_config.config
-        plan = self._plan_optimizer(self.model)  # type: ignore[attr-defined]
+        plan = self._plan_optimizer()
         if "optimizer" in config and not self._deepspeed_muon:
             if self._plan_name is not None:
                 raise ConfigError(
@@ -273,8 +271,6 @@ class OptimizerMixin(RetentionMixin):
             return
         if self._plan_name != "muon":
             return  # DeepSpeed runs hf_retain's torch optimizer (create_optimizer) as its client optimizer
-        from hf_retain.optim.deepspeed import check_deepspeed_hparams, deepspeed_muon_config
-
         check_deepspeed_hparams(self._plan_hparams)
         args = self.args  # type: ignore[attr-defined]
         # Config-level values equal the TrainingArguments (HF checks they match); the real ones are per group.
@@ -293,16 +289,17 @@ class OptimizerMixin(RetentionMixin):
                     plugin.zero_stage, ", reduce_scatter=false" if plugin.zero_stage == 3 else "")
 
     def _fill_deepspeed_groups(self, dummy: Any, model: Any) -> None:
-        from hf_retain.optim.deepspeed import deepspeed_param_groups
-
-        plan, hp = self._plan_optimizer(model), self._plan_hparams
+        self._plan_optimizer()
+        args, hp = self.args, self._plan_hparams  # type: ignore[attr-defined]
         groups = deepspeed_param_groups(
-            model, lr=plan["lr"], weight_decay=plan["weight_decay"], momentum=hp.get("momentum", 0.95),
+            model, lr=float(args.learning_rate), weight_decay=float(args.weight_decay),
+            momentum=hp.get("momentum", 0.95),
             adjust_lr_fn=hp.get("adjust_lr_fn", "match_rms_adamw"), adamw_lr=hp.get("adamw_lr"),
             adamw_weight_decay=hp.get("adamw_weight_decay"), betas=tuple(hp.get("betas", (0.9, 0.999))),
             adamw_eps=hp.get("adamw_eps", hp.get("eps", 1e-8)), ns_method=hp.get("ns_method", "standard"),
             muon_lora=bool(hp.get("muon_lora", False)),
         )
+        self._mitigate(groups)
         dummy.params = groups
         dummy._hf_retain_groups = True
         logger.info("hf_retain: DeepSpeed Muon param groups: %s",

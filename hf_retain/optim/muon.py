@@ -5,9 +5,9 @@ language model also has embeddings, an output head, norms and biases, which Muon
 GLM-4.5) train with AdamW. `MuonWithAdamW` holds both halves as param groups of one `torch.optim.Optimizer`, so
 transformers' schedulers, gradient clipping, `state_dict()` and checkpoint resume treat it like any optimizer.
 
-The math is torch's, not ours: a Muon group is stepped by `torch.optim._muon.muon` (the functional form of
-`torch.optim.Muon`), an AdamW group by `torch.optim.adam.adam` with decoupled weight decay (the functional form of
-`torch.optim.AdamW`). So a hidden matrix gets exactly the update `torch.optim.Muon` gives it with the same settings.
+The math is torch's, not ours: a Muon group is stepped by a public `torch.optim.Muon`, an AdamW group by a public
+`torch.optim.AdamW`, each holding that group's parameters and sharing this optimizer's state (so ``state_dict()``
+and resume see one optimizer). A hidden matrix gets exactly the update `torch.optim.Muon` gives it.
 
 Which parameter goes where is decided by `split_params_for_muon`:
 
@@ -24,12 +24,16 @@ Which parameter goes where is decided by `split_params_for_muon`:
   is defined on 2-D matrices only, and orthogonalising a stacked tensor as one matrix would mix experts; a
   per-expert Muon would need its own math, which we do not re-implement. They are listed in the log.
 
-Distributed: plain and DDP parameters use torch's functional Muon as is. FSDP2 parameters are `DTensor` shards;
+Distributed: plain and DDP parameters use `torch.optim.Muon` as is. FSDP2 parameters are `DTensor` shards;
 orthogonalising a shard is not Muon (the result depends on how the matrix was cut), so for a DTensor we gather the
 full momentum-updated matrix, run Newton-Schulz on it (identically on every rank) and keep the local shard
 (`_muon_dtensor`; every rank orthogonalises every matrix, redundant work that spreading the matrices over the
-ranks would divide by the world size). DeepSpeed ZeRO flattens parameters into 1-D partitions this optimizer cannot
-see as matrices: under DeepSpeed use its native Muon (`hf_retain.optim.deepspeed`), which `OptimizerMixin` routes to.
+ranks would divide by the world size). That path calls two private functions of `torch.optim._muon`
+(``_zeropower_via_newtonschulz``, ``_adjust_lr``), whose signatures are checked once at import against those of
+torch 2.9 to 2.13 (`SUPPORTED_TORCH`); a torch that changed them makes the FSDP2 path fail at its first use with a
+`RuntimeError` naming the supported versions, while every other path keeps working. DeepSpeed ZeRO flattens
+parameters into 1-D partitions this optimizer cannot see as matrices: under DeepSpeed use its native Muon
+(`hf_retain.optim.deepspeed`), which `OptimizerMixin` routes to.
 
 Example:
     >>> import torch
@@ -46,36 +50,86 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 from torch.optim import Optimizer
-from torch.optim._muon import (
-    DEFAULT_A,
-    DEFAULT_B,
-    DEFAULT_C,
-    DEFAULT_NS_STEPS,
-    EPS,
-    _adjust_lr,
-    _zeropower_via_newtonschulz,
-)
-from torch.optim._muon import muon as _torch_muon
-from torch.optim.adam import adam as _torch_adam
+from transformers.trainer_pt_utils import get_parameter_names
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MuonWithAdamW", "MuonSplit", "split_params_for_muon", "ADJUST_LR_FNS", "DEFAULT_ADJUST_LR_FN"]
+__all__ = ["MuonWithAdamW", "MuonSplit", "split_params_for_muon", "ADJUST_LR_FNS", "DEFAULT_ADJUST_LR_FN",
+           "SUPPORTED_TORCH", "torch_muon_function"]
 
 ADJUST_LR_FNS = ("original", "match_rms_adamw")
 # Our default differs from torch's ("original"): fine-tuning LRs are AdamW LRs (args.learning_rate), and
 # Moonlight's "match_rms_adamw" (0.2 * sqrt(max(A, B))) gives Muon updates the RMS of AdamW's, so one LR and one
 # weight decay serve both halves and a recipe can switch adamw -> muon without retuning.
 DEFAULT_ADJUST_LR_FN = "match_rms_adamw"
+
+# torch.optim.Muon's own defaults (momentum, Newton-Schulz coefficients, steps, eps), read from its public signature.
+_TORCH_MUON_DEFAULTS: dict[str, Any] = {
+    name: param.default for name, param in inspect.signature(torch.optim.Muon.__init__).parameters.items()
+    if param.default is not inspect.Parameter.empty
+}
+
+# The torch releases whose private `torch.optim._muon` functions the FSDP2 path was written against.
+SUPPORTED_TORCH = "2.9 to 2.13 (tested on 2.13)"
+# Private function -> the leading parameters we pass it, positionally, in this order.
+_TORCH_PRIVATE: dict[str, tuple[str, ...]] = {
+    "_zeropower_via_newtonschulz": ("grad", "ns_coefficients", "ns_steps", "eps"),
+    "_adjust_lr": ("lr", "adjust_lr_fn", "param_shape"),
+}
+
+
+def _check_torch_private() -> tuple[dict[str, Callable[..., Any]], str | None]:
+    """The private `torch.optim._muon` functions we call, and what is wrong with them (None: nothing)."""
+    try:
+        import torch.optim._muon as private
+    except ImportError as err:  # pragma: no cover - torch without Muon is below our supported range
+        return {}, f"no torch.optim._muon ({err})"
+    found: dict[str, Callable[..., Any]] = {}
+    for name, expected in _TORCH_PRIVATE.items():
+        function = getattr(private, name, None)
+        if not callable(function):
+            return found, f"no torch.optim._muon.{name}"
+        try:
+            params = list(inspect.signature(function).parameters.values())
+        except (TypeError, ValueError):
+            return found, f"torch.optim._muon.{name} without a readable signature"
+        positional = (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        leading = tuple(p.name for p in params[:len(expected)] if p.kind in positional)
+        required_extra = [p.name for p in params[len(expected):] if p.default is inspect.Parameter.empty
+                          and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
+        if leading != expected or required_extra:
+            shown = ", ".join(p.name for p in params)
+            return found, f"torch.optim._muon.{name}({shown}) where hf_retain passes ({', '.join(expected)})"
+        found[name] = function
+    return found, None
+
+
+# Checked once, at import; a mismatch is reported where the functions are first needed.
+_TORCH_FUNCTIONS, _TORCH_PROBLEM = _check_torch_private()
+
+
+def torch_muon_function(name: str) -> Callable[..., Any]:
+    """The private `torch.optim._muon` function ``name``, or a `RuntimeError` naming the torch versions supported
+    when this torch's signature differs from the one hf_retain calls."""
+    if _TORCH_PROBLEM is not None or name not in _TORCH_FUNCTIONS:
+        raise RuntimeError(
+            f"hf_retain's Muon for FSDP2 (DTensor) parameters and its DeepSpeed LR rule call torch's private "
+            f"torch.optim._muon.{name}, written for torch {SUPPORTED_TORCH}; this torch {torch.__version__} has "
+            f"{_TORCH_PROBLEM or f'no {name}'}. Install a supported torch (pip install 'torch>=2.9,<2.14'), or "
+            "train Muon without FSDP2/DeepSpeed (one process or DDP use the public torch.optim.Muon)."
+        )
+    return _TORCH_FUNCTIONS[name]
+
 
 # Name fragments of input embeddings and output heads (first and last layers stay on AdamW).
 _EMBED_OR_HEAD = ("embed", "lm_head", "wte", "wpe", "score", "classifier")
@@ -167,8 +221,6 @@ def _embedding_and_head_ids(model: nn.Module) -> set[int]:
 
 def split_params_for_muon(model: nn.Module, *, muon_lora: bool = False) -> MuonSplit:
     """Assign each trainable parameter of ``model`` to Muon or AdamW (rules in this module's docstring)."""
-    from transformers.trainer_pt_utils import get_parameter_names
-
     embeds = _embedding_and_head_ids(model)
     decay = set(get_parameter_names(model, [nn.LayerNorm], _NO_DECAY_PATTERNS))
     split = MuonSplit()
@@ -224,11 +276,11 @@ class MuonWithAdamW(Optimizer):
         params: Iterable[dict[str, Any]],
         lr: float = 1e-3,
         weight_decay: float = 0.0,
-        momentum: float = 0.95,
-        nesterov: bool = True,
-        ns_coefficients: tuple[float, float, float] = (DEFAULT_A, DEFAULT_B, DEFAULT_C),
-        eps: float = EPS,
-        ns_steps: int = DEFAULT_NS_STEPS,
+        momentum: float = _TORCH_MUON_DEFAULTS["momentum"],
+        nesterov: bool = _TORCH_MUON_DEFAULTS["nesterov"],
+        ns_coefficients: tuple[float, float, float] = _TORCH_MUON_DEFAULTS["ns_coefficients"],
+        eps: float = _TORCH_MUON_DEFAULTS["eps"],
+        ns_steps: int = _TORCH_MUON_DEFAULTS["ns_steps"],
         adjust_lr_fn: str | None = DEFAULT_ADJUST_LR_FN,
         betas: tuple[float, float] = (0.9, 0.999),
         adamw_eps: float = 1e-8,
@@ -278,6 +330,23 @@ class MuonWithAdamW(Optimizer):
                         "matrices. Under DeepSpeed ZeRO, parameters are flattened partitions: use DeepSpeed's "
                         "native Muon (hf_retain.optim.deepspeed_muon_config, or OptimizerMixin, which routes there)."
                     )
+            if any(_is_dtensor(p) for p in self.param_groups[-1]["params"]):
+                torch_muon_function("_zeropower_via_newtonschulz")  # fail now, not at the first step
+
+    def _torch_stepper(self, index: int, use_muon: bool, params: list[torch.Tensor]) -> Optimizer:
+        """The public torch optimizer that steps group ``index``'s ``params``, built once and reused.
+
+        It shares this optimizer's ``state`` (reassigned at every step, since ``load_state_dict`` replaces it), so
+        momentum buffers and Adam moments live here, in this optimizer's ``state_dict()``.
+        """
+        steppers: dict[int, Optimizer] = self.__dict__.setdefault("_torch_steppers", {})
+        stepper = steppers.get(index)
+        held = stepper.param_groups[0]["params"] if stepper is not None else None
+        if held is None or len(held) != len(params) or any(a is not b for a, b in zip(held, params)):
+            stepper = torch.optim.Muon(params) if use_muon else torch.optim.AdamW(params)
+            steppers[index] = stepper
+        stepper.state = self.state
+        return stepper
 
     @torch.no_grad()
     def step(self, closure=None):  # type: ignore[override]
@@ -285,16 +354,15 @@ class MuonWithAdamW(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
+        for index, group in enumerate(self.param_groups):
             if group["use_muon"]:
-                self._step_muon(group)
+                self._step_muon(index, group)
             else:
-                self._step_adamw(group)
+                self._step_adamw(index, group)
         return loss
 
-    def _step_muon(self, group: dict[str, Any]) -> None:
-        params, grads, bufs = [], [], []
-        sharded = []
+    def _step_muon(self, index: int, group: dict[str, Any]) -> None:
+        plain, sharded = [], []
         for p in group["params"]:
             if p.grad is None:
                 continue
@@ -306,48 +374,31 @@ class MuonWithAdamW(Optimizer):
                     "ZeRO the optimizer sees flat partitions. Use DeepSpeed's native Muon instead "
                     "(hf_retain.optim.deepspeed_muon_config or OptimizerMixin)."
                 )
+            (sharded if _is_dtensor(p) else plain).append(p)
+        settings = {key: group[key] for key in _MUON_KEYS}
+        if plain:
+            stepper = self._torch_stepper(index, True, plain)
+            stepper.param_groups[0].update(settings)
+            stepper.step()
+        for p in sharded:
             state = self.state[p]
             if "momentum_buffer" not in state:
                 state["momentum_buffer"] = torch.zeros_like(p.grad, memory_format=torch.preserve_format)
-            if _is_dtensor(p):
-                sharded.append((p, p.grad, state["momentum_buffer"]))
-            else:
-                params.append(p)
-                grads.append(p.grad)
-                bufs.append(state["momentum_buffer"])
-        settings = {key: group[key] for key in ("lr", "weight_decay", "momentum", "nesterov", "ns_coefficients",
-                                                "eps", "ns_steps", "adjust_lr_fn")}
-        if params:
-            _torch_muon(params, grads, bufs, has_complex=False, **settings)
-        for p, grad, buf in sharded:
-            _muon_dtensor(p, grad, buf, **settings)
+            _muon_dtensor(p, p.grad, state["momentum_buffer"], **settings)
 
-    def _step_adamw(self, group: dict[str, Any]) -> None:
-        params, grads, exp_avgs, exp_avg_sqs, steps = [], [], [], [], []
+    def _step_adamw(self, index: int, group: dict[str, Any]) -> None:
+        params = []
         for p in group["params"]:
             if p.grad is None:
                 continue
             if p.grad.is_sparse:
                 raise RuntimeError("AdamW does not support sparse gradients.")
-            state = self.state[p]
-            if len(state) == 0:
-                state["step"] = torch.tensor(0.0, dtype=torch.float32)
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             params.append(p)
-            grads.append(p.grad)
-            exp_avgs.append(state["exp_avg"])
-            exp_avg_sqs.append(state["exp_avg_sq"])
-            steps.append(state["step"])
         if not params:
             return
-        beta1, beta2 = group["betas"]
-        _torch_adam(
-            params, grads, exp_avgs, exp_avg_sqs, [], steps, foreach=None, capturable=False, differentiable=False,
-            fused=None, grad_scale=None, found_inf=None, has_complex=any(torch.is_complex(p) for p in params),
-            decoupled_weight_decay=True, amsgrad=False, beta1=beta1, beta2=beta2, lr=group["lr"],
-            weight_decay=group["weight_decay"], eps=group["eps"], maximize=False,
-        )
+        stepper = self._torch_stepper(index, False, params)
+        stepper.param_groups[0].update({key: group[key] for key in _ADAMW_KEYS})
+        stepper.step()
 
 
 def _muon_dtensor(
@@ -361,6 +412,8 @@ def _muon_dtensor(
     the momentum-updated matrix, orthogonalise it on every rank (same input, same result), and keep the local shard.
     Same steps and the same torch functions as `torch.optim._muon._single_tensor_muon`.
     """
+    newton_schulz = torch_muon_function("_zeropower_via_newtonschulz")
+    adjust_lr = torch_muon_function("_adjust_lr")
     from torch.distributed.tensor import Replicate, Shard, distribute_tensor
 
     if any(not isinstance(placement, (Shard, Replicate)) for placement in param.placements):
@@ -371,8 +424,8 @@ def _muon_dtensor(
     buf.lerp_(grad, 1 - momentum)
     update = grad.lerp(buf, momentum) if nesterov else buf
     full = update.full_tensor()
-    ortho = _zeropower_via_newtonschulz(full, ns_coefficients, ns_steps, eps)
+    ortho = newton_schulz(full, ns_coefficients, ns_steps, eps)
     local = distribute_tensor(ortho, update.device_mesh, update.placements, src_data_rank=None)
-    adjusted_lr = _adjust_lr(lr, adjust_lr_fn, param.shape)
+    adjusted_lr = adjust_lr(lr, adjust_lr_fn, param.shape)
     param.mul_(1 - lr * weight_decay)
     param.add_(local, alpha=-adjusted_lr)

@@ -21,17 +21,17 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from hf_retain.errors import ReplayColumnError
+from hf_retain.errors import ConfigError, DatasetError, ReplayColumnError, StateFileError
+from hf_retain.state import read_json_state, write_json_atomic
 
 __all__ = ["ReplayBuffer", "ReplayColumnError"]
 
@@ -64,8 +64,8 @@ def _iter_rows(examples: Any) -> Iterable[dict[str, Any]]:
         columns = {k: list(v) for k, v in examples.items()}
         lengths = {len(v) for v in columns.values()}
         if len(lengths) > 1:
-            raise ValueError(f"ReplayBuffer.add got a dict of columns with different lengths {sorted(lengths)}; "
-                             "pass equal-length columns or a list of row dicts.")
+            raise ReplayColumnError(f"ReplayBuffer.add got a dict of columns with different lengths "
+                                    f"{sorted(lengths)}; pass equal-length columns or a list of row dicts.")
         n = lengths.pop() if lengths else 0
         return ({k: v[i] for k, v in columns.items()} for i in range(n))
     return (dict(row) for row in examples)
@@ -83,9 +83,9 @@ class ReplayBuffer:
 
     def __init__(self, capacity: int, *, seed: int = 0, quota: str = "balanced") -> None:
         if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
-            raise ValueError(f"ReplayBuffer capacity={capacity!r} must be a positive int (the most rows to keep).")
+            raise ConfigError(f"ReplayBuffer capacity={capacity!r} must be a positive int (the most rows to keep).")
         if quota not in QUOTAS:
-            raise ValueError(f"ReplayBuffer quota={quota!r} is not allowed; choose one of {list(QUOTAS)}.")
+            raise ConfigError(f"ReplayBuffer quota={quota!r} is not allowed; choose one of {list(QUOTAS)}.")
         self.capacity = capacity
         self.seed = int(seed)
         self.quota = quota
@@ -108,8 +108,8 @@ class ReplayBuffer:
         """
         if capacity is None:
             if not hasattr(dataset, "__len__"):
-                raise ValueError("ReplayBuffer.from_dataset needs capacity= for a streaming dataset "
-                                 "(it has no length).")
+                raise ConfigError("ReplayBuffer.from_dataset needs capacity= for a streaming dataset "
+                                  "(it has no length).")
             capacity = max(len(dataset), 1)
         buffer = cls(capacity, seed=seed, quota=quota)
         if columns is not None and hasattr(dataset, "select_columns"):
@@ -120,7 +120,7 @@ class ReplayBuffer:
     def add(self, examples: Any, task: str = "default") -> None:
         """Offer rows of ``task`` to its reservoir (Algorithm R); then rebalance the task quotas."""
         if not isinstance(task, str) or not task:
-            raise ValueError(f"ReplayBuffer.add task={task!r} must be a non-empty string naming the task.")
+            raise ConfigError(f"ReplayBuffer.add task={task!r} must be a non-empty string naming the task.")
         reservoir = self._rows.setdefault(task, [])
         self._seen.setdefault(task, 0)
         quota = self._quotas()[task]
@@ -213,11 +213,11 @@ class ReplayBuffer:
         """``n`` rows drawn uniformly (without replacement while ``n <= len(self)``); ``rng`` is a numpy
         Generator or a seed, so the caller decides the randomness (the buffer's own RNG only drives filling)."""
         if n < 0:
-            raise ValueError(f"ReplayBuffer.sample n={n} must be >= 0.")
+            raise ConfigError(f"ReplayBuffer.sample n={n} must be >= 0.")
         flat = self.rows()
         if n == 0 or not flat:
             if n and not flat:
-                raise ValueError("ReplayBuffer.sample: the buffer is empty; add rows first.")
+                raise DatasetError("ReplayBuffer.sample: the buffer is empty; add rows first.")
             return []
         generator = _as_rng(rng)
         if n <= len(flat):
@@ -269,7 +269,7 @@ class ReplayBuffer:
         tmp.mkdir()
         try:
             self.dataset.save_to_disk(str(tmp / DATA_DIR))
-            (tmp / STATE_FILE).write_text(json.dumps(self.state_dict()), encoding="utf-8")
+            write_json_atomic(tmp / STATE_FILE, self.state_dict())
             old = None
             if target.exists():
                 old = target.with_name(f".{target.name}.old-{uuid.uuid4().hex[:8]}")
@@ -282,29 +282,63 @@ class ReplayBuffer:
                 shutil.rmtree(tmp, ignore_errors=True)
 
     @classmethod
-    def load(cls, directory: str | os.PathLike[str]) -> ReplayBuffer:
-        """Read a buffer written by `save` (JSON + Arrow only; nothing is unpickled)."""
-        import datasets
+    def load(cls, directory: str | os.PathLike[str], *, how_to_skip: str | None = None) -> ReplayBuffer:
+        """Read a buffer written by `save` (JSON + Arrow only; nothing is unpickled).
 
+        A truncated, corrupt or inconsistent folder raises `StateFileError` naming the file and ending with
+        ``how_to_skip`` (by default: save the buffer again); a checkpoint's loader passes how to resume without it.
+        """
         folder = Path(directory)
         state_path = folder / STATE_FILE
         if not state_path.is_file():
             raise FileNotFoundError(f"{folder} holds no {STATE_FILE}; it was not written by ReplayBuffer.save.")
-        state = json.loads(state_path.read_text(encoding="utf-8"))
-        buffer = cls(int(state["capacity"]), seed=int(state["seed"]), quota=state["quota"])
-        buffer._rng.bit_generator.state = state["rng"]
-        buffer.metadata = dict(state.get("metadata") or {})
-        buffer._seen = {t: int(n) for t, n in state["seen"].items()}
-        data = datasets.load_from_disk(str(folder / DATA_DIR)) if sum(state["sizes"].values()) else None
-        columns = list(state["columns"])
-        rows = data.to_list() if data is not None else []
+        skip = how_to_skip or "Write the buffer again with ReplayBuffer.save(folder)."
+        state = read_json_state(state_path, what="replay buffer state", how_to_skip=skip)
+
+        def corrupt(file: Path, problem: str) -> StateFileError:
+            return StateFileError(f"The replay buffer file {file} {problem}. {skip}")
+
+        try:
+            buffer = cls(int(state["capacity"]), seed=int(state["seed"]), quota=str(state["quota"]))
+            buffer._rng.bit_generator.state = state["rng"]
+            buffer.metadata = dict(state.get("metadata") or {})
+            buffer._seen = {str(t): int(n) for t, n in state["seen"].items()}
+            sizes = {str(t): int(n) for t, n in state["sizes"].items()}
+            columns = [str(c) for c in state["columns"]]
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise corrupt(state_path, f"is incomplete or malformed ({type(err).__name__}: {err})") from None
+        rows: list[dict[str, Any]] = []
+        if sum(sizes.values()):
+            rows = _read_rows(folder / DATA_DIR, corrupt)
+        if len(rows) != sum(sizes.values()):
+            raise corrupt(folder / DATA_DIR, f"holds {len(rows)} rows, but {STATE_FILE} records "
+                          f"{sum(sizes.values())}")
         start = 0
-        for task, size in state["sizes"].items():
+        for task, size in sizes.items():
             chunk = rows[start:start + size]
             if any(r.get("__task__") != task for r in chunk):
-                raise ValueError(f"ReplayBuffer at {folder}: rows and {STATE_FILE} disagree on task {task!r}; "
-                                 "the folder was modified after saving.")
+                raise corrupt(folder, f"has rows and {STATE_FILE} that disagree on task {task!r} (the folder was "
+                              "modified after saving)")
+            missing = sorted(set(columns) - set(chunk[0])) if chunk else []
+            if missing:
+                raise corrupt(folder / DATA_DIR, f"lacks column {missing[0]!r} that {STATE_FILE} records")
             buffer._rows[task] = [{c: r[c] for c in columns} for r in chunk]
             start += size
         buffer._columns = columns or None
         return buffer
+
+
+def _read_rows(data_dir: Path, corrupt: Callable[[Path, str], StateFileError]) -> list[dict[str, Any]]:
+    """The rows `Dataset.save_to_disk` wrote to ``data_dir``, or ``corrupt(...)`` when they cannot be read."""
+    import datasets
+    import pyarrow
+
+    if not data_dir.is_dir():
+        raise corrupt(data_dir, "does not exist (the buffer's rows are missing)")
+    try:
+        return datasets.load_from_disk(str(data_dir)).to_list()
+    except (OSError, ValueError, KeyError, TypeError, IndexError, pyarrow.ArrowException,
+            datasets.exceptions.DatasetsError) as err:
+        text = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise corrupt(data_dir, f"cannot be read, it is truncated or corrupt ({type(err).__name__}: {text[:300]})") \
+            from None

@@ -35,7 +35,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from hf_retain.mixin import REPLAY_MASK_KEY
+from hf_retain.constants import REPLAY_MASK_KEY
+from hf_retain.distributed import rank as current_rank
+from hf_retain.errors import ConfigError, StateFileError
 from hf_retain.replay.buffer import ReplayBuffer, ReplayColumnError, _column_difference
 
 __all__ = ["ReplayCollator", "check_ratio", "REPLAY_UNITS"]
@@ -46,12 +48,12 @@ _MASK64 = (1 << 64) - 1
 
 
 def check_ratio(ratio: float, name: str = "ratio") -> float:
-    """``ratio`` as a float in [0, 1), or a ValueError that says why (1 would mean a batch of replay only)."""
+    """``ratio`` as a float in [0, 1), or a `ConfigError` that says why (1 would mean a batch of replay only)."""
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or math.isnan(ratio):
-        raise ValueError(f"{name}={ratio!r} must be a number in [0, 1).")
+        raise ConfigError(f"{name}={ratio!r} must be a number in [0, 1).")
     if not 0.0 <= ratio < 1.0:
-        raise ValueError(f"{name}={ratio!r} is out of range: the replay share of a batch must be in [0, 1) "
-                         "(0 turns replay off; 1 would leave no room for the training rows).")
+        raise ConfigError(f"{name}={ratio!r} is out of range: the replay share of a batch must be in [0, 1) "
+                          "(0 turns replay off; 1 would leave no room for the training rows).")
     return float(ratio)
 
 
@@ -101,14 +103,12 @@ class ReplayCollator:
             raise TypeError(f"buffer must be a hf_retain.ReplayBuffer, got {type(buffer).__name__}; build one with "
                             "ReplayBuffer.from_dataset(dataset, capacity, seed=...).")
         if unit not in REPLAY_UNITS:
-            raise ValueError(f"unit={unit!r} is not allowed; choose one of {list(REPLAY_UNITS)}.")
+            raise ConfigError(f"unit={unit!r} is not allowed; choose one of {list(REPLAY_UNITS)}.")
         self.base_collator = base_collator
         self.buffer = buffer
         self.unit = unit
         self.seed = int(seed)
         if rank is None:
-            from hf_retain.distributed import rank as current_rank
-
             rank = current_rank()
         self.rank = int(rank)
         self.return_replay_mask = bool(return_replay_mask)
@@ -163,8 +163,10 @@ class ReplayCollator:
         difference = _column_difference(base, replay)
         if difference is not None:
             column, missing = difference
+            source = self.buffer.metadata.get("source")
             raise ReplayColumnError(
-                f"Replay rows and training rows have different columns: column {column!r} is "
+                f"Replay rows{f' (from {source})' if source else ''} and training rows have different columns: "
+                f"column {column!r} is "
                 f"{'missing from the replay rows' if missing else 'only in the replay rows'} (training columns "
                 f"{sorted(base)}, replay columns {sorted(replay)}). Prepare the replay data the same way as the "
                 "training data (same tokenisation/formatting, then select the same columns)."
@@ -274,7 +276,7 @@ class ReplayCollator:
             first = next((v for v in batch.values() if isinstance(v, torch.Tensor) and v.dim() > 0), None)
             rows_out = 0 if first is None else int(first.shape[0])
             if rows_out != len(mixed):
-                raise ValueError(
+                raise ConfigError(
                     f"ReplayCollator(return_replay_mask=True): the base collator returned {rows_out} rows for "
                     f"{len(mixed)} examples (a padding-free/flattened batch), so replayed rows cannot be marked per "
                     "row. Use padded batches (padding_free=False) or distil on all rows (distill_on='train')."
@@ -299,11 +301,22 @@ class ReplayCollator:
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore `state_dict`. Batches collated before the checkpoint but trained after it (prefetched) get the
-        ratio they had then, even if a curriculum has moved on since."""
-        if state.get("unit", self.unit) != self.unit or int(state.get("seed", self.seed)) != self.seed:
-            raise ValueError(f"ReplayCollator state was saved with unit={state.get('unit')!r}, seed={state.get('seed')}"
-                             f"; this collator has unit={self.unit!r}, seed={self.seed}. Resume with the same "
-                             "settings.")
-        self.ratio = float(state["ratio"])
-        self.epoch = int(state.get("epoch", 0))
-        self._pinned = {str(k): float(v) for k, v in state.get("history", [])}
+        ratio they had then, even if a curriculum has moved on since.
+
+        Raises `StateFileError` for a malformed state (nothing is changed then) and `ConfigError` for a state saved
+        with another ``unit`` or ``seed``."""
+        if not isinstance(state, Mapping):
+            raise StateFileError(f"ReplayCollator state must be a mapping (what state_dict() returns), got "
+                                 f"{type(state).__name__}.")
+        try:
+            saved_unit, saved_seed = state.get("unit", self.unit), int(state.get("seed", self.seed))
+            ratio = check_ratio(float(state["ratio"]), "saved ratio")
+            epoch = int(state.get("epoch", 0))
+            pinned = {str(k): check_ratio(float(v), "saved ratio") for k, v in state.get("history", [])}
+        except (KeyError, TypeError, ValueError) as err:
+            raise StateFileError(f"ReplayCollator state is incomplete or malformed ({type(err).__name__}: {err}); "
+                                 "it was not written by ReplayCollator.state_dict.") from None
+        if saved_unit != self.unit or saved_seed != self.seed:
+            raise ConfigError(f"ReplayCollator state was saved with unit={saved_unit!r}, seed={saved_seed}; this "
+                              f"collator has unit={self.unit!r}, seed={self.seed}. Resume with the same settings.")
+        self.ratio, self.epoch, self._pinned = ratio, epoch, pinned

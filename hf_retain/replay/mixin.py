@@ -11,8 +11,9 @@ When replay is on, at the start of training it
    tokenizer for a plain `Trainer`, then the trainer's own unused-column removal;
 3. wraps the *training* DataLoader's collator in a `ReplayCollator` (evaluation batches stay replay-free), asking it
    for ``replay_mask`` when distillation runs on replayed rows only (``distill_on="replay"``);
-4. adds a `CurriculumCallback` when ``curriculum`` is set, and saves/restores the buffer and the collator state in
-   every checkpoint, so resuming mid-epoch reproduces the uninterrupted run's batches.
+4. saves/restores the buffer and the collator state in every checkpoint, so resuming mid-epoch reproduces the
+   uninterrupted run's batches (the `CurriculumCallback` that moves the share through ``curriculum`` is added by
+   `RetentionMixin`).
 
 With replay off it changes nothing. Compose it left of the base Trainer:
 
@@ -28,7 +29,6 @@ A ready `ReplayBuffer` can be passed instead of ``replay_dataset``: ``MyTrainer(
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -37,9 +37,15 @@ from typing import Any
 from transformers import TrainerCallback
 
 from hf_retain.config import ConfigError
+from hf_retain.data.loading import load_text_dataset
+from hf_retain.errors import StateFileError
 from hf_retain.mixin import RetentionMixin
+from hf_retain.replay.buffer import STATE_FILE as BUFFER_STATE_FILE
 from hf_retain.replay.buffer import ReplayBuffer, ReplayColumnError
 from hf_retain.replay.collator import ReplayCollator
+from hf_retain.replay.curriculum import CurriculumSchedule
+from hf_retain.replay.generative import generate_replay
+from hf_retain.state import read_json_state, write_json_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -82,11 +88,6 @@ class ReplayMixin(RetentionMixin):
                               "(SFTConfig padding_free=True or packing_strategy='bfd') cannot carry; use padded "
                               "batches or distill_on='train'.")
         self.add_callback(_ReplayEpochCallback(self))
-        if self.retention.curriculum:
-            from hf_retain.callbacks.curriculum import CurriculumCallback
-
-            if not any(isinstance(cb, CurriculumCallback) for cb in self.callback_handler.callbacks):
-                self.add_callback(CurriculumCallback(self.retention.curriculum))
 
     # ---- switches ----------------------------------------------------------------------------------------------
     @property
@@ -118,15 +119,13 @@ class ReplayMixin(RetentionMixin):
         retention, args = self.retention, self.args  # type: ignore[attr-defined]
         buffer = None
         if self._replay_state_dir and os.path.isdir(os.path.join(self._replay_state_dir, BUFFER_DIR)):
-            buffer = ReplayBuffer.load(os.path.join(self._replay_state_dir, BUFFER_DIR))
+            buffer = self._load_saved_buffer(self._replay_state_dir)
         if buffer is None:
             buffer = self._replay_buffer
         if buffer is None:
             buffer = self._load_replay_buffer()
         self._replay_buffer = buffer
         if retention.curriculum:
-            from hf_retain.replay.curriculum import CurriculumSchedule
-
             ratio = CurriculumSchedule(retention.curriculum).ratio_at(0.0)
         else:
             ratio = retention.replay_ratio
@@ -147,15 +146,12 @@ class ReplayMixin(RetentionMixin):
     def _load_replay_buffer(self) -> ReplayBuffer:
         import datasets
 
-        from hf_retain.data.loading import load_text_dataset
-
         retention, args = self.retention, self.args  # type: ignore[attr-defined]
         raw = load_text_dataset(retention.replay_dataset)  # type: ignore[arg-type]
+        self._check_replay_source(raw)
         # Keep the reservoir of raw rows first, so only `replay_capacity` rows are tokenised.
         kept = ReplayBuffer.from_dataset(raw, retention.replay_capacity, seed=args.seed, task="replay").rows()
         if retention.replay_generate_tokens > 0:
-            from hf_retain.replay.generative import generate_replay
-
             output = "prompt_completion" if getattr(self, "completion_only_loss", False) else "text"
             generated = generate_replay(
                 self.model, self._replay_tokenizer(), kept, max_new_tokens=retention.replay_generate_tokens,  # type: ignore[attr-defined]
@@ -176,10 +172,50 @@ class ReplayMixin(RetentionMixin):
         if hasattr(self, "_remove_unused_columns") and isinstance(prepared, datasets.Dataset):
             prepared = self._remove_unused_columns(prepared, description="replay")  # type: ignore[attr-defined]
         buffer = ReplayBuffer.from_dataset(prepared, retention.replay_capacity, seed=args.seed, task="replay")
+        buffer.metadata["source"] = str(retention.replay_dataset)  # named by the collator's column check
         if len(buffer) == 0:
             logger.warning("replay: the replay dataset %s gave no rows after preparation; training without replay.",
                            retention.replay_dataset)
         return buffer
+
+    def _check_replay_source(self, raw: Any) -> None:
+        """Fail before any row is generated or tokenised when the replay data has no column this trainer reads."""
+        retention, args = self.retention, self.args  # type: ignore[attr-defined]
+        name, columns = retention.replay_dataset, list(getattr(raw, "column_names", None) or [])
+        if retention.replay_generate_tokens > 0:
+            if not {"prompt", "text"} & set(columns):
+                raise ReplayColumnError(
+                    f"Replay dataset {name} has columns {columns}, but generative replay (replay_generate_tokens > 0) "
+                    "reads its prompts from a 'prompt' or 'text' column. Rename the column holding the prompts to "
+                    "'prompt' (or 'text')."
+                )
+            return
+        text_field = getattr(args, "dataset_text_field", None) or "text"
+        if hasattr(self, "_prepare_dataset") and not getattr(self, "_skip_prepare_dataset", True):
+            # TRL's SFT pipeline: what it reads a row from, unless a formatting function builds the text itself.
+            if getattr(self, "_formatting_func", None) is not None:
+                return
+            if ({"input_ids", "messages", "conversations", text_field} & set(columns)
+                    or {"prompt", "completion"} <= set(columns)):
+                return
+            raise ReplayColumnError(
+                f"Replay dataset {name} has columns {columns}, but the SFT trainer reads each row from a "
+                f"{text_field!r} column (SFTConfig.dataset_text_field), 'messages', 'prompt' + 'completion', or "
+                f"pre-tokenised 'input_ids', and the replay data has none of them. Rename the column holding the "
+                f"text to {text_field!r} (e.g. Dataset.rename_column), or give the replay rows in the training "
+                "data's format."
+            )
+        train_columns = self._train_columns()
+        if train_columns is None or set(train_columns) <= set(columns):
+            return
+        if "input_ids" in train_columns and text_field not in columns and "text" not in columns:
+            missing = sorted(set(train_columns) - set(columns))
+            raise ReplayColumnError(
+                f"Replay dataset {name} has columns {columns}: column {missing[0]!r} is missing (training columns "
+                f"{sorted(train_columns)}) and there is no {text_field!r} column to tokenise the rows from. Rename "
+                f"the column holding the text to {text_field!r}, or give the replay rows the training data's "
+                "pre-tokenised columns."
+            )
 
     def _replay_tokenizer(self) -> Any:
         """The training tokenizer: TRL's, the Trainer's processing_class, or the one the data collator pads with."""
@@ -255,10 +291,7 @@ class ReplayMixin(RetentionMixin):
         if self.args.process_index == 0 and self._replay_buffer is not None:  # type: ignore[attr-defined]
             self._replay_buffer.save(os.path.join(checkpoint_dir, BUFFER_DIR))
         path = os.path.join(checkpoint_dir, COLLATOR_STATE.format(rank=self.args.process_index))  # type: ignore[attr-defined]
-        tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as handle:
-            json.dump(collator.state_dict(), handle)
-        os.replace(tmp, path)
+        write_json_atomic(path, collator.state_dict())
 
     def load_retention_state(self, checkpoint_dir: str) -> None:
         super().load_retention_state(checkpoint_dir)
@@ -266,16 +299,40 @@ class ReplayMixin(RetentionMixin):
             return
         self._replay_state_dir = checkpoint_dir
         if self._replay_collator is not None:  # train() called again on the same trainer
-            buffer_dir = os.path.join(checkpoint_dir, BUFFER_DIR)
-            if os.path.isdir(buffer_dir):
-                self._replay_buffer = self._replay_collator.buffer = ReplayBuffer.load(buffer_dir)
+            if os.path.isdir(os.path.join(checkpoint_dir, BUFFER_DIR)):
+                self._replay_buffer = self._replay_collator.buffer = self._load_saved_buffer(checkpoint_dir)
             self._load_collator_state(self._replay_collator, checkpoint_dir)
+
+    def _load_saved_buffer(self, checkpoint_dir: str) -> ReplayBuffer:
+        folder = os.path.join(checkpoint_dir, BUFFER_DIR)
+        # Without the folder, _build_replay_collator takes replay_buffer= or rebuilds from replay_dataset (the
+        # reservoir is seeded by args.seed, so the same data and seed give the same rows).
+        skip = (
+            f"To resume without it, delete the folder {folder}: the buffer is then rebuilt when training resumes, "
+            "from RetentionConfig.replay_dataset with the run's seed (or taken from the replay_buffer= you pass). It "
+            "holds the same rows only if that data, seed and replay_capacity are unchanged (generative replay "
+            "generates new rows from the resumed model); otherwise the rows replayed after the resume differ from "
+            "the uninterrupted run's."
+        )
+        if not os.path.isfile(os.path.join(folder, BUFFER_STATE_FILE)):
+            raise StateFileError(f"The replay buffer folder {folder} is incomplete: it has no {BUFFER_STATE_FILE}. "
+                                 f"{skip}")
+        return ReplayBuffer.load(folder, how_to_skip=skip)
 
     def _load_collator_state(self, collator: ReplayCollator, checkpoint_dir: str) -> None:
         path = os.path.join(checkpoint_dir, COLLATOR_STATE.format(rank=self.args.process_index))  # type: ignore[attr-defined]
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8") as handle:
-                collator.load_state_dict(json.load(handle))
-        else:
+        if not os.path.isfile(path):
             logger.warning("replay: %s has no replay collator state (%s); replay draws continue from the config.",
                            checkpoint_dir, os.path.basename(path))
+            return
+        skip = (
+            "To resume without it, delete that file: replay then continues at the configured share (a curriculum "
+            "sets its current phase's share at train begin), and only the batches collated before the checkpoint "
+            "but trained after it lose the share they were drawn with, so near a curriculum phase boundary the "
+            "first resumed batches may differ from the uninterrupted run's."
+        )
+        state = read_json_state(path, what="replay collator state", how_to_skip=skip)
+        try:
+            collator.load_state_dict(state)
+        except StateFileError as err:
+            raise StateFileError(f"The replay collator state {path} is not usable: {err} {skip}") from None

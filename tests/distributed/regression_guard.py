@@ -21,8 +21,9 @@ from transformers import TrainingArguments
 from hf_retain import RetentionTrainer, build_tiny_model, load_tiny_tokenizer
 from hf_retain.callbacks.regression import RegressionEarlyStoppingCallback
 from hf_retain.distributed import end_distributed, rank
+from hf_retain.evaluation.evaluators import FunctionEvaluator, LossEvaluator
 from hf_retain.evaluation.loss import evaluate_loss
-from hf_retain.evaluation.suite import FunctionEvaluator, LossEvaluator, RetentionSuite
+from hf_retain.evaluation.suite import RetentionSuite
 
 scenario = sys.argv[1]
 torch.manual_seed(0)
