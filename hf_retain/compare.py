@@ -40,15 +40,15 @@ from hf_retain.evaluation.loss import evaluate_loss
 from hf_retain.evaluation.plots import report_figure, scatter_learning_forgetting
 from hf_retain.metrics import RetentionMatrix, average_accuracy, backward_transfer, forward_transfer
 from hf_retain.models import load_model, load_tokenizer
+from hf_retain.optim.policy import OPTIMIZER_NAMES
 from hf_retain.train import load_recipe, run_recipe
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["Arm", "ArmRecord", "Comparison", "parse_arm", "run_arm", "run_comparison", "Task"]
 
-OPTIMIZERS = ("adamw", "adam", "muon", "sgd", "adafactor", "auto")
-# Settings used when an arm names a method without a value and the recipe leaves it off. EWC: the shared findings
-# show it needs a large lambda to matter (1e4); replay 0.3 and distillation alpha 1 are the measured good mix.
+# Settings used when an arm names a method without a value and the recipe leaves it off. EWC needs a large lambda to
+# matter on the benchmark (1e4); replay 0.3 and distillation alpha 1 are the measured good mix.
 METHOD_DEFAULTS = {"ewc": 1e4, "l2sp": 1e-2, "distill": 1.0, "replay": 0.3}
 _ARM_NAME = re.compile(r"^[A-Za-z0-9_.+=-]+$")
 
@@ -82,9 +82,9 @@ def parse_arm(spec: str) -> Arm:
     if not spec.strip() or not all(parts) or not _ARM_NAME.match(spec.strip()):
         raise ArmSpecError(f"arm {spec!r} is not of the form optimizer[+method[=value]]..., e.g. 'adamw+replay=0.3'.")
     optimizer = parts[0].lower()
-    if optimizer not in OPTIMIZERS:
+    if optimizer not in OPTIMIZER_NAMES:
         raise ArmSpecError(f"arm {spec!r} starts with {parts[0]!r}; it must start with an optimizer, one of "
-                           f"{list(OPTIMIZERS)}.")
+                           f"{list(OPTIMIZER_NAMES)}.")
     retention: dict[str, Any] = {"optimizer": optimizer}
     training: dict[str, Any] = {}
     for part in parts[1:]:

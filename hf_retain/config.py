@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from hf_retain.errors import ConfigError
-from hf_retain.optim.policy import OPTIMIZER_NAMES
+from hf_retain.optim.policy import OPTIMIZER_NAMES, SUPPORTED_OPTIMIZERS
 from hf_retain.replay.curriculum import CurriculumSchedule
 
 __all__ = ["RetentionConfig", "ConfigError"]
@@ -55,7 +55,7 @@ class RetentionConfig:
     (replay with distillation on the replayed rows; see `RetentionConfig.recommended()`).
     """
 
-    # ---- optimizer consistency and lineage (issues 3 and 4) --------------------------------------------------
+    # ---- optimizer consistency and lineage -------------------------------------------------------------------
     consistency_policy: str = field(
         default="warn",
         metadata={"help": "What to do when the fine-tune optimizer differs from the one that pretrained the model: "
@@ -67,9 +67,9 @@ class RetentionConfig:
     )
     optimizer: str | None = field(
         default=None,
-        metadata={"help": "Optimizer to fine-tune with, overriding TrainingArguments.optim: 'adamw', 'adam', "
-                          "'adafactor', 'sgd', 'muon', or 'auto' (the optimizer that pretrained the model, when "
-                          "known). None keeps the Trainer's own choice."},
+        metadata={"help": "Optimizer to fine-tune with, overriding TrainingArguments.optim: one of "
+                          f"{', '.join(repr(n) for n in SUPPORTED_OPTIMIZERS)}, or 'auto' (the optimizer that "
+                          "pretrained the model, when known). None keeps the Trainer's own choice."},
     )
     optimizer_kwargs: dict[str, Any] | None = field(
         default=None,
@@ -87,7 +87,7 @@ class RetentionConfig:
         default=0.5, metadata={"help": "Weight-decay multiplier applied on an optimizer mismatch, in [0, 1]."}
     )
 
-    # ---- EWC / L2-SP (issue 5) ---------------------------------------------------------------------------------
+    # ---- EWC / L2-SP -------------------------------------------------------------------------------------------
     ewc_lambda: float = field(
         default=0.0,
         metadata={"help": "Strength of the EWC penalty lambda/2 * sum F (theta - theta*)^2; 0 turns EWC off."},
@@ -129,7 +129,7 @@ class RetentionConfig:
                           "(the last task), the Fisher is decay * saved + new, anchored at the train-begin weights."},
     )
 
-    # ---- distillation toward the pre-update model (issue 6) -------------------------------------------------
+    # ---- distillation toward the pre-update model -----------------------------------------------------------
     distill_alpha: float = field(
         default=0.0, metadata={"help": "Weight of the distillation loss; 0 turns distillation off."}
     )
@@ -171,7 +171,7 @@ class RetentionConfig:
                           "student's. A bf16 snapshot halves its memory."},
     )
 
-    # ---- replay and data mixing (issue 7) ------------------------------------------------------------------
+    # ---- replay and data mixing ----------------------------------------------------------------------------
     replay_ratio: float = field(
         default=0.0,
         metadata={"help": "Share of every batch drawn from the replay data, in [0, 1); 0 turns replay off."},
@@ -200,7 +200,7 @@ class RetentionConfig:
                           "train begin. 0 replays the rows themselves."},
     )
 
-    # ---- regression early stopping (issue 8) ---------------------------------------------------------------
+    # ---- regression early stopping -------------------------------------------------------------------------
     regression_suite: str | None = field(
         default=None, metadata={"help": "Suite YAML of general benchmarks to guard; None turns the guard off."}
     )
@@ -332,7 +332,7 @@ class RetentionConfig:
 
     @classmethod
     def recommended(cls, replay_dataset: str, **overrides: Any) -> RetentionConfig:
-        """The default mix, chosen from measurements (shared FINDINGS and `hf-retain demo`): 30% replay of general
+        """The default mix, chosen from measurements (`hf-retain demo`, `hf-retain bench`): 30% replay of general
         data plus distillation toward the pre-update model on the replayed rows only."""
         settings: dict[str, Any] = dict(
             replay_ratio=0.3, replay_dataset=replay_dataset, distill_alpha=1.0, distill_on="replay"

@@ -15,7 +15,7 @@ from __future__ import annotations
 __all__ = [
     "RetentionError", "ConfigError", "RecipeError", "ModelLoadError", "DatasetError", "StateFileError",
     "SuiteError", "TeacherError", "DistillCacheError", "FisherError", "ReplayColumnError", "RegistryError",
-    "ArmSpecError", "OptimizerMismatchError", "MixinOrderError",
+    "ArmSpecError", "OptimizerMismatchError", "TorchVersionError", "MixinOrderError",
 ]
 
 
@@ -73,6 +73,10 @@ class ArmSpecError(RetentionError, ValueError):
 
 class OptimizerMismatchError(RetentionError, RuntimeError):
     """The fine-tune optimizer differs from the pretraining one and the consistency policy is 'error'."""
+
+
+class TorchVersionError(RetentionError, RuntimeError):
+    """This torch's private API differs from the one hf_retain was written and tested against."""
 
 
 class MixinOrderError(RetentionError, TypeError):

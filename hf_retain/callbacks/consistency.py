@@ -35,7 +35,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from hf_retain.callbacks._handler import calling_handler
+from hf_retain.callbacks._handler import report_through_handler
 from hf_retain.errors import OptimizerMismatchError
 from hf_retain.lineage.finetune import finetune_optimizer, unwrap_optimizer
 from hf_retain.lineage.info import OptimizerInfo
@@ -187,13 +187,7 @@ class OptimizerConsistencyCallback(TrainerCallback):
                  "lineage/finetune_optimizer": finding["finetune_optimizer"] or "unknown",
                  "lineage/status": finding["status"], "step": state.global_step}
         state.log_history.append(entry)
-        handler = calling_handler(self)
-        if handler is not None:
-            try:
-                handler.on_log(args, state, control, logs=dict(metrics))
-            except Exception as err:  # an integration failing to log must not stop training
-                logger.warning("could not send the optimizer-consistency metrics to report_to integrations: %s", err)
-
+        report_through_handler(self, args, state, control, metrics)
 
 
 def _mitigate(optimizer: Any, lr_scheduler: Any, retention: Any) -> str:

@@ -31,7 +31,7 @@ import torch
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 from transformers.trainer_callback import ExportableState
 
-from hf_retain.callbacks._handler import calling_handler
+from hf_retain.callbacks._handler import report_through_handler
 from hf_retain.distributed import broadcast_object, is_distributed, rank
 from hf_retain.errors import SuiteError
 from hf_retain.evaluation.results import SuiteResult, compare_to_baseline
@@ -356,11 +356,7 @@ class RegressionEarlyStoppingCallback(TrainerCallback, ExportableState):
         if state.epoch is not None:
             logs["epoch"] = state.epoch
         state.log_history.append({**logs, "step": state.global_step})
-        handler = calling_handler(self)
-        if handler is not None:
-            should_log = control.should_log
-            handler.on_log(args, state, control, logs=logs)
-            control.should_log = should_log
+        report_through_handler(self, args, state, control, logs)
         if rank() == 0:
             shown = ", ".join(f"{k.split('/', 1)[-1]}={v:.4g}" for k, v in logs.items() if k.startswith(LOG_PREFIX))
             logger.info("retention suite (%s): %s", what, shown)

@@ -15,7 +15,6 @@ Example:
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -45,39 +44,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from transformers import AutoModelForCausalLM
 
-    from hf_retain.distill.cache import DistillCacheError, build_distill_cache
     from hf_retain.data.loading import load_text_dataset
-    from hf_retain.errors import RecipeError
+    from hf_retain.distill.cache import build_distill_cache
+    from hf_retain.errors import DistillCacheError
     from hf_retain.models import load_tokenizer, resolve_model
 
-    try:
-        if args.top_k < 1 or args.max_length < 2 or args.batch_size < 1 or not args.temperature > 0:
-            raise DistillCacheError(
-                f"--top-k ({args.top_k}) and --batch-size ({args.batch_size}) must be >= 1, --max-length "
-                f"({args.max_length}) >= 2 and --temperature ({args.temperature}) > 0."
-            )
-        tokenizer = load_tokenizer(args.tokenizer or args.model)
-        dataset = load_text_dataset(args.data, args.split, max_samples=args.max_samples)
-        if "input_ids" in dataset.column_names:
-            rows = [list(r)[: args.max_length] for r in dataset["input_ids"]]
-        elif args.text_column in dataset.column_names:
-            texts = list(dataset[args.text_column])
-            if args.append_eos:
-                eos = tokenizer.eos_token or ""
-                texts = [t if t.endswith(eos) else t + eos for t in texts]
-            rows = [ids[: args.max_length] for ids in tokenizer(texts)["input_ids"]]
-        else:
-            raise DistillCacheError(
-                f"{args.data} has columns {dataset.column_names}: neither 'input_ids' nor the text column "
-                f"{args.text_column!r}; pass --text-column NAME."
-            )
-        teacher = AutoModelForCausalLM.from_pretrained(resolve_model(args.model))
-        folder = build_distill_cache(
-            teacher, rows, args.out, tokenizer=tokenizer, top_k=args.top_k, temperature=args.temperature,
-            batch_size=args.batch_size,
+    if args.top_k < 1 or args.max_length < 2 or args.batch_size < 1 or not args.temperature > 0:
+        raise DistillCacheError(
+            f"--top-k ({args.top_k}) and --batch-size ({args.batch_size}) must be >= 1, --max-length "
+            f"({args.max_length}) >= 2 and --temperature ({args.temperature}) > 0."
         )
-    except (RecipeError, DistillCacheError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    tokenizer = load_tokenizer(args.tokenizer or args.model)
+    dataset = load_text_dataset(args.data, args.split, max_samples=args.max_samples)
+    if "input_ids" in dataset.column_names:
+        rows = [list(r)[: args.max_length] for r in dataset["input_ids"]]
+    elif args.text_column in dataset.column_names:
+        texts = list(dataset[args.text_column])
+        if args.append_eos:
+            eos = tokenizer.eos_token or ""
+            texts = [t if t.endswith(eos) else t + eos for t in texts]
+        rows = [ids[: args.max_length] for ids in tokenizer(texts)["input_ids"]]
+    else:
+        raise DistillCacheError(
+            f"{args.data} has columns {dataset.column_names}: neither 'input_ids' nor the text column "
+            f"{args.text_column!r}; pass --text-column NAME."
+        )
+    teacher = AutoModelForCausalLM.from_pretrained(resolve_model(args.model))
+    folder = build_distill_cache(
+        teacher, rows, args.out, tokenizer=tokenizer, top_k=args.top_k, temperature=args.temperature,
+        batch_size=args.batch_size,
+    )
     print(f"wrote the offline teacher cache for {len(rows)} rows (top-{args.top_k}) to {folder}")
     return 0

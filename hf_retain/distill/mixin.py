@@ -1,7 +1,7 @@
 """`DistillationMixin`: keep the fine-tuned model's next-token distributions close to the model as it was.
 
 Regularising outputs toward the pre-update model (Hinton et al. 2015; LwF) preserves *function* rather than weights;
-on our measurements it forgets far less than EWC (see the shared FINDINGS). The mixin adds
+on the retention benchmark it forgets far less than EWC (README). The mixin adds
 
     loss = task_loss + distill_alpha * sum_{distilled tokens} D(teacher || student) / (task-loss token count)
 

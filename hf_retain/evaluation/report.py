@@ -22,6 +22,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hf_retain.evaluation.plots import scatter_learning_forgetting
+
 __all__ = ["ArmResult", "RetentionReport"]
 
 
@@ -127,8 +129,6 @@ class RetentionReport:
 
     def plot(self, path: str | os.PathLike[str]) -> Path:
         """Learning (x) against forgetting (y) per arm: up-left is bad, down-right is good."""
-        from hf_retain.evaluation.plots import scatter_learning_forgetting
-
         return scatter_learning_forgetting([(arm.name, arm.learning, arm.forgetting) for arm in self.arms], path,
                                            title=self.title)
 

@@ -31,7 +31,7 @@ full momentum-updated matrix, run Newton-Schulz on it (identically on every rank
 ranks would divide by the world size). That path calls two private functions of `torch.optim._muon`
 (``_zeropower_via_newtonschulz``, ``_adjust_lr``), whose signatures are checked once at import against those of
 torch 2.9 to 2.13 (`SUPPORTED_TORCH`); a torch that changed them makes the FSDP2 path fail at its first use with a
-`RuntimeError` naming the supported versions, while every other path keeps working. DeepSpeed ZeRO flattens
+`TorchVersionError` naming the supported versions, while every other path keeps working. DeepSpeed ZeRO flattens
 parameters into 1-D partitions this optimizer cannot see as matrices: under DeepSpeed use its native Muon
 (`hf_retain.optim.deepspeed`), which `OptimizerMixin` routes to.
 
@@ -61,6 +61,8 @@ import torch
 from torch import nn
 from torch.optim import Optimizer
 from transformers.trainer_pt_utils import get_parameter_names
+
+from hf_retain.errors import TorchVersionError
 
 logger = logging.getLogger(__name__)
 
@@ -119,10 +121,10 @@ _TORCH_FUNCTIONS, _TORCH_PROBLEM = _check_torch_private()
 
 
 def torch_muon_function(name: str) -> Callable[..., Any]:
-    """The private `torch.optim._muon` function ``name``, or a `RuntimeError` naming the torch versions supported
+    """The private `torch.optim._muon` function ``name``, or a `TorchVersionError` naming the torch versions supported
     when this torch's signature differs from the one hf_retain calls."""
     if _TORCH_PROBLEM is not None or name not in _TORCH_FUNCTIONS:
-        raise RuntimeError(
+        raise TorchVersionError(
             f"hf_retain's Muon for FSDP2 (DTensor) parameters and its DeepSpeed LR rule call torch's private "
             f"torch.optim._muon.{name}, written for torch {SUPPORTED_TORCH}; this torch {torch.__version__} has "
             f"{_TORCH_PROBLEM or f'no {name}'}. Install a supported torch (pip install 'torch>=2.9,<2.14'), or "
