@@ -25,6 +25,7 @@ _EXPORTS: dict[str, str] = {
     "offline_divergence_sum": "hf_retain.distill.divergence",
     "snapshot_teacher": "hf_retain.distill.teachers",
     "teacher_hidden_states": "hf_retain.distill.teachers",
+    "teacher_source": "hf_retain.distill.teachers",
     "tokenizer_fingerprint": "hf_retain.distill.cache",
 }
 

@@ -27,6 +27,8 @@ export HF_RETAIN_PLAIN_SOURCE="$work/src"
 step() { printf '\n== plain leg, %4d s: %s\n' "$SECONDS" "$*"; }
 
 step "copy the working tree (tracked and untracked files, none that git ignores) to $work/src"
+git -C "$repo" rev-parse --is-inside-work-tree >/dev/null 2>&1 \
+    || { echo "plain leg: $repo is not a git checkout; the leg builds its wheel from git's list of files" >&2; exit 2; }
 # A copy, so no build/ or *.egg-info/ left in the checkout by earlier builds can add files to the wheel.
 (cd "$repo" && git ls-files -z --cached --others --exclude-standard) | "$py" -c '
 import shutil, sys
@@ -76,10 +78,14 @@ step "hf-retain train recipes/quickstart.yaml for 3 steps (builds builtin:tiny-l
 test -s "$work/quickstart/model.safetensors"
 test -d "$work/quickstart/checkpoint-2"
 
-step "pytest: the tests not marked slow, and the installed package's doctests"
 # -c/--rootdir keep setup.cfg's settings (markers, --doctest-modules); --import-mode=importlib imports the test files
 # without putting the checkout on sys.path; --pyargs hf_retain collects the doctests of the installed modules.
-"$py" -m pytest -c "$repo/setup.cfg" --rootdir "$repo" --import-mode=importlib -p no:cacheprovider \
-    -m "not slow" --pyargs "$repo/tests" hf_retain
+pytest=("$py" -m pytest -c "$repo/setup.cfg" --rootdir "$repo" --import-mode=importlib -p no:cacheprovider)
+
+step "hf-retain compare: two arms over two rounds (the end-to-end test of tests/test_compare.py)"
+"${pytest[@]}" "$repo/tests/test_compare.py::test_two_rounds_two_arms_end_to_end"
+
+step "pytest: the tests not marked slow, and the installed package's doctests"
+"${pytest[@]}" -m "not slow" --pyargs "$repo/tests" hf_retain
 
 step "done"
