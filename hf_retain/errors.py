@@ -15,7 +15,7 @@ from __future__ import annotations
 __all__ = [
     "RetentionError", "ConfigError", "RecipeError", "ModelLoadError", "DatasetError", "StateFileError",
     "SuiteError", "TeacherError", "DistillCacheError", "FisherError", "ReplayColumnError", "RegistryError",
-    "ArmSpecError", "OptimizerMismatchError", "TorchVersionError", "MixinOrderError",
+    "ArmSpecError", "MergeError", "OptimizerMismatchError", "TorchVersionError", "MixinOrderError",
 ]
 
 
@@ -69,6 +69,10 @@ class RegistryError(RetentionError, ValueError):
 
 class ArmSpecError(RetentionError, ValueError):
     """An arm specification such as ``adamw+replay=0.5+distill`` cannot be parsed."""
+
+
+class MergeError(RetentionError, ValueError):
+    """Models, adapters or merge parameters that cannot be merged as given."""
 
 
 class OptimizerMismatchError(RetentionError, RuntimeError):

@@ -33,10 +33,10 @@ LAUNCH_FLAGS: dict[str, list[str]] = {
 
 def pytest_sessionstart(session: pytest.Session) -> None:
     """With HF_RETAIN_TEST_INSTALLED=1 (tests/plain/plain_leg.sh) the tests must run the installed package: refuse
-    to start when hf_retain would be imported from the checkout instead."""
+    to start when hf_retain would be imported from the source tree these tests sit in instead."""
     if os.environ.get("HF_RETAIN_TEST_INSTALLED") == "1" and HF_RETAIN_ROOT == REPO:
-        raise pytest.UsageError(f"HF_RETAIN_TEST_INSTALLED=1 but hf_retain is imported from the checkout {REPO}; "
-                                "run pytest from outside the checkout with --import-mode=importlib, as "
+        raise pytest.UsageError(f"HF_RETAIN_TEST_INSTALLED=1 but hf_retain is imported from the source tree {REPO}; "
+                                "run pytest from outside it with --import-mode=importlib, as "
                                 "tests/plain/plain_leg.sh does")
 
 

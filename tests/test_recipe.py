@@ -14,7 +14,8 @@ from hf_retain.models import resolve_model
 from hf_retain.train import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
-RECIPES = sorted((REPO / "recipes").glob("*.yaml"))
+# recipes/merge_*.yaml configure `hf-retain merge` (a merge config and its suite), not a training run.
+RECIPES = sorted(p for p in (REPO / "recipes").glob("*.yaml") if not p.name.startswith("merge_"))
 
 
 def write(tmp_path, mapping, name="recipe.yaml"):
@@ -29,6 +30,15 @@ def test_shipped_recipes_are_valid(recipe):
     parsed = load_recipe(str(recipe))
     assert parsed.model.model_name_or_path
     assert parsed.data.dataset_name
+
+
+def test_shipped_merge_recipes_are_valid():
+    from hf_retain.evaluation.suite import check_suite_file
+    from hf_retain.merging import load_merge_config
+
+    config = load_merge_config(str(REPO / "recipes" / "merge_ties.yaml"))
+    assert config.method == "ties" and len(config.models) == 2
+    assert check_suite_file(REPO / "recipes" / "merge_suite.yaml")  # names its local data files
 
 
 def test_quickstart_recipe_maps_keys_to_their_dataclasses():

@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "gate": "gate",
     "distill-cache": "distill_cache",
     "inspect": "inspect",
+    "merge": "merge",
 }
 
 

@@ -24,7 +24,7 @@ from hf_retain._lazy import lazy_exports
 _EXPORTS: dict[str, str] = {
     "MERGE_METHODS": "hf_retain.merging.tensors",
     "MergeConfig": "hf_retain.merging.config",
-    "MergeError": "hf_retain.merging.tensors",
+    "MergeError": "hf_retain.errors",
     "MergeReport": "hf_retain.merging.sweep",
     "MergeResult": "hf_retain.merging.checkpoint",
     "evaluate_merges": "hf_retain.merging.sweep",

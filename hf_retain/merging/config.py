@@ -37,8 +37,8 @@ from typing import Any
 
 import yaml
 
-from hf_retain.errors import RecipeError
-from hf_retain.merging.tensors import DENSITY_METHODS, MergeError, check_merge_parameters
+from hf_retain.errors import MergeError, RecipeError
+from hf_retain.merging.tensors import DENSITY_METHODS, check_merge_parameters
 
 __all__ = ["MergeConfig", "load_merge_config", "MAX_CONFIG_BYTES"]
 

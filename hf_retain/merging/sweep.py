@@ -187,7 +187,10 @@ def _recommend(merges: list[ScoredModel], front: list[str], max_drift: float | N
         within = [m for m in pool if m.general_drift <= max_drift]
         rule = f"best worst-domain gain among front merges with general drift <= {max_drift:g}"
         if not within:
-            return None, rule + ": no merge is within the bound"
+            closest = min(pool, key=lambda m: m.general_drift, default=None)
+            near = f"; the least drift on the front is {closest.name} ({closest.general_drift:+.4f})" if closest \
+                else ""
+            return None, f"{rule}: no merge is within the bound{near}"
         best = max(within, key=lambda m: (m.worst_domain_gain, -m.general_drift))
         return best.name, rule
     rule = "best worst-domain gain minus general drift among front merges"

@@ -35,14 +35,10 @@ from typing import Any
 import torch
 from peft.utils import merge_utils
 
-from hf_retain.errors import RetentionError
+from hf_retain.errors import MergeError
 
 __all__ = ["MergeError", "MERGE_METHODS", "DENSITY_METHODS", "SIGN_METHODS", "merge_task_vectors", "slerp",
            "check_merge_parameters"]
-
-
-class MergeError(RetentionError, ValueError):
-    """Models, adapters or merge parameters that cannot be merged as given."""
 
 
 # Method -> the peft.utils.merge_utils function computing it (None: implemented here).

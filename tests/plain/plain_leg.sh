@@ -5,9 +5,10 @@
 #   tests/plain/plain_leg.sh VENV
 #
 # VENV already holds torch and the test tools (pytest, hypothesis) and nothing else; this script installs hf_retain
-# and its dependencies into it. Everything runs from a scratch folder, so neither `python -m` nor pytest puts the
-# checkout on sys.path, and with a fresh HF_RETAIN_CACHE, so the first-use build of builtin:tiny-llama runs as a
-# new user gets it.
+# and its dependencies into it. The wheel, the tests and the recipes all come from one copy of the working tree, so
+# files edited while the leg runs cannot mix two versions. Everything runs from a scratch folder beside that copy,
+# so neither `python -m` nor pytest puts a source tree on sys.path, and with a fresh HF_RETAIN_CACHE, so the
+# first-use build of builtin:tiny-llama runs as a new user gets it.
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/../.." && pwd)
@@ -19,14 +20,13 @@ cd "$work"
 
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TOKENIZERS_PARALLELISM=false WANDB_DISABLED=true
 export HF_RETAIN_CACHE="$work/cache"
-# tests/conftest.py refuses to start when hf_retain would be imported from the checkout.
+# tests/conftest.py refuses to start when hf_retain would be imported from the source tree.
 export HF_RETAIN_TEST_INSTALLED=1
-# What the wheel was built from; tests/plain/test_installed_package.py compares the installed files with it.
-export HF_RETAIN_PLAIN_SOURCE="$work/src"
+src="$work/src"
 
 step() { printf '\n== plain leg, %4d s: %s\n' "$SECONDS" "$*"; }
 
-step "copy the working tree (tracked and untracked files, none that git ignores) to $work/src"
+step "copy the working tree (tracked and untracked files, none that git ignores) to $src"
 git -C "$repo" rev-parse --is-inside-work-tree >/dev/null 2>&1 \
     || { echo "plain leg: $repo is not a git checkout; the leg builds its wheel from git's list of files" >&2; exit 2; }
 # A copy, so no build/ or *.egg-info/ left in the checkout by earlier builds can add files to the wheel.
@@ -38,14 +38,14 @@ for name in filter(None, sys.stdin.read().split("\0")):
     if (repo / name).is_file():  # a tracked file deleted in the working tree is not part of it
         (dest / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(repo / name, dest / name)
-' "$repo" "$work/src"
+' "$repo" "$src"
 
 step "pip install . (no extras) in $venv"
 "$py" -m pip uninstall --yes --quiet hf-retain 2>/dev/null || true
-(cd "$work/src" && "$py" -m pip install --quiet .)
+(cd "$src" && "$py" -m pip install --quiet .)
 
 step "check: hf_retain is the installed wheel, and no extra of hf_retain is installed"
-"$py" - "$repo" <<'EOF'
+"$py" - "$src" <<'EOF'
 import importlib.util
 import sys
 import sysconfig
@@ -53,9 +53,9 @@ from pathlib import Path
 
 import hf_retain
 
-repo, where = Path(sys.argv[1]).resolve(), Path(hf_retain.__file__).resolve()
+source, where = Path(sys.argv[1]).resolve(), Path(hf_retain.__file__).resolve()
 site = Path(sysconfig.get_paths()["purelib"]).resolve()
-assert where.is_relative_to(site) and not where.is_relative_to(repo / "hf_retain"), \
+assert where.is_relative_to(site) and not where.is_relative_to(source), \
     f"hf_retain resolves to {where}, not to the installed copy in {site}"
 # The extras: deepspeed ([deepspeed]) and the notebook runner ([notebooks]); pytest and hypothesis are test tools.
 present = [name for name in ("deepspeed", "nbclient", "nbformat", "ipykernel") if importlib.util.find_spec(name)]
@@ -73,19 +73,19 @@ step "hf-retain bench --quick"
 test -s "$work/bench/report.json"
 
 step "hf-retain train recipes/quickstart.yaml for 3 steps (builds builtin:tiny-llama on first use)"
-"$venv/bin/hf-retain" train "$repo/recipes/quickstart.yaml" --max_steps 3 --eval_steps 2 --save_steps 2 \
+"$venv/bin/hf-retain" train "$src/recipes/quickstart.yaml" --max_steps 3 --eval_steps 2 --save_steps 2 \
     --logging_steps 1 --max_eval_samples 16 --output_dir "$work/quickstart"
 test -s "$work/quickstart/model.safetensors"
 test -d "$work/quickstart/checkpoint-2"
 
 # -c/--rootdir keep setup.cfg's settings (markers, --doctest-modules); --import-mode=importlib imports the test files
-# without putting the checkout on sys.path; --pyargs hf_retain collects the doctests of the installed modules.
-pytest=("$py" -m pytest -c "$repo/setup.cfg" --rootdir "$repo" --import-mode=importlib -p no:cacheprovider)
+# without putting a source tree on sys.path; --pyargs hf_retain collects the doctests of the installed modules.
+pytest=("$py" -m pytest -c "$src/setup.cfg" --rootdir "$src" --import-mode=importlib -p no:cacheprovider)
 
 step "hf-retain compare: two arms over two rounds (the end-to-end test of tests/test_compare.py)"
-"${pytest[@]}" "$repo/tests/test_compare.py::test_two_rounds_two_arms_end_to_end"
+"${pytest[@]}" "$src/tests/test_compare.py::test_two_rounds_two_arms_end_to_end"
 
 step "pytest: the tests not marked slow, and the installed package's doctests"
-"${pytest[@]}" -m "not slow" --pyargs "$repo/tests" hf_retain
+"${pytest[@]}" -m "not slow" --pyargs "$src/tests" hf_retain
 
 step "done"
