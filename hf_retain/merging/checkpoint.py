@@ -55,6 +55,7 @@ from hf_retain.merging.tensors import (
     merge_task_vectors,
 )
 from hf_retain.models import BUILTIN_PREFIX, resolve_model, resolve_tokenizer
+from hf_retain.state import read_json_state
 
 logger = logging.getLogger(__name__)
 
@@ -121,20 +122,9 @@ def _headers(file: Path, names: Sequence[str] | None = None) -> dict[str, _Tenso
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as handle:
-            raw = handle.read(MAX_JSON_BYTES + 1)
-    except OSError as err:
-        raise ModelLoadError(f"Cannot read {path} ({err}).") from err
-    if len(raw) > MAX_JSON_BYTES:
-        raise ModelLoadError(f"{path} is larger than {MAX_JSON_BYTES} bytes; it is not a model config or index.")
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelLoadError(f"{path} is not valid JSON ({err}); it is truncated or corrupt.") from err
-    if not isinstance(data, dict):
-        raise ModelLoadError(f"{path} must hold a JSON object, got {type(data).__name__}.")
-    return data
+    """A model's config, shard index or adapter config: a bounded read, with the file named when it is bad."""
+    return read_json_state(path, what="model file", max_bytes=MAX_JSON_BYTES, error=ModelLoadError,
+                           how_to_skip="Save the model again with save_pretrained, or point the merge at another copy.")
 
 
 def _folder(ref: str) -> Path:
