@@ -79,6 +79,8 @@ def builtin_models() -> dict[str, ModelResolver]:
 
 def _builtin(name: str) -> ModelResolver:
     which = name[len(BUILTIN_PREFIX):]
+    if which in _RESOLVERS:  # no need to import the entry points' packages
+        return _RESOLVERS[which]
     known = builtin_models()
     if which not in known:
         raise ModelLoadError(f"Unknown builtin model {name!r}; builtin models are "

@@ -93,6 +93,8 @@ def _build(optimizer: str, target: Path, *, steps: int, lr: float, batch_size: i
            seed: int) -> None:
     """Train into a staging folder beside ``target``, then rename it into place (readers never see half a model)."""
     general_train = write_builtin_corpora(cache_dir() / "corpora" / "jsonl")["general_train"]
+    if target.exists():  # a folder without weights: left by a build that did not publish atomically
+        shutil.rmtree(target)
     staging = Path(tempfile.mkdtemp(prefix=target.name + ".", dir=target.parent))
     try:
         # Pretraining is not a fine-tune: nothing to check for consistency, but its lineage is recorded.
