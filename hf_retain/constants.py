@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-__all__ = ["REPLAY_MASK_KEY"]
+__all__ = ["BUILTIN_PREFIX", "REPLAY_MASK_KEY"]
+
+# Names of the models and datasets hf_retain provides offline: builtin:tiny-llama, builtin:general, ...
+BUILTIN_PREFIX = "builtin:"
 
 # Batch key a replay collator may add: a bool tensor [batch] marking replayed rows. Mixins that use it read it;
 # `RetentionMixin.compute_loss` drops it before the model's forward pass.

@@ -6,9 +6,20 @@ when a name is neither local nor downloadable: run online once, point to a local
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from pathlib import Path
+
 from hf_retain.errors import ModelLoadError, RecipeError
 
-__all__ = ["offline", "hub_error"]
+__all__ = ["offline", "hub_error", "looks_like_path"]
+
+
+def looks_like_path(name: str, suffixes: Iterable[str] = ()) -> bool:
+    """Whether ``name`` is meant as a local path, not a hub id ('org/name'): it starts like a path, has more than one
+    '/', or ends in one of ``suffixes`` (e.g. data-file suffixes). A path that does not exist is then reported as a
+    missing file, not looked up on the Hub."""
+    return (name.startswith((".", "/", "~")) or name.count("/") > 1
+            or Path(name).suffix.lower() in {s.lower() for s in suffixes})
 
 
 def offline() -> bool:

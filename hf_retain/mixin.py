@@ -82,10 +82,10 @@ def check_mixin_order(cls: type) -> None:
         )
 
 
-def retention_callbacks(trainer: Any, retention: RetentionConfig) -> list[TrainerCallback]:
+def retention_callbacks(trainer: RetentionMixin, retention: RetentionConfig) -> list[TrainerCallback]:
     """The callbacks ``retention`` asks for, skipping any class ``trainer`` already has (a user's own instance)."""
     have = {type(cb) for cb in trainer.callback_handler.callbacks}
-    lineage = getattr(trainer, "pretraining_lineage", None)
+    lineage = trainer.pretraining_lineage
     wanted: list[TrainerCallback] = []
     if retention.consistency_policy != "off" and OptimizerConsistencyCallback not in have:
         wanted.append(OptimizerConsistencyCallback(policy=retention.consistency_policy, retention=retention,

@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from hf_retain.assets import TINY_LLAMA_DIR, build_tiny_model
+from hf_retain.constants import BUILTIN_PREFIX
 from hf_retain.errors import ModelLoadError
-from hf_retain.hub import hub_error, offline
+from hf_retain.hub import hub_error, looks_like_path, offline
 
 __all__ = ["BUILTIN_PREFIX", "ModelResolver", "register_model_resolver", "builtin_models", "resolve_model",
            "resolve_tokenizer", "load_model", "load_tokenizer"]
 
-BUILTIN_PREFIX = "builtin:"
 ENTRY_POINT_GROUP = "hf_retain.models"
 
 
@@ -98,7 +98,7 @@ def resolve_model(name: str) -> str:
             raise ModelLoadError(f"Model path {name} exists but has no config.json, so it is not a saved model. Point "
                                  "model_name_or_path at a folder written by save_pretrained (or a hub id).")
         return str(local)
-    if name.startswith((".", "/", "~")) or name.count("/") > 1:  # a path, since hub ids are 'org/name'
+    if looks_like_path(name):
         raise ModelLoadError(f"Model path {name} does not exist. Check the path, or use a hub id like "
                              "'HuggingFaceTB/SmolLM2-135M' or 'builtin:tiny-llama'.")
     return name
@@ -138,8 +138,9 @@ def load_model(model_args: Any):
     name = model_args.model_name_or_path
     if not name:
         raise ModelLoadError("No model_name_or_path is set. Add e.g. `model_name_or_path: builtin:tiny-llama`.")
-    if name.startswith(BUILTIN_PREFIX) and _builtin(name).build is not None:
-        return _builtin(name).build()
+    build = _builtin(name).build if name.startswith(BUILTIN_PREFIX) else None
+    if build is not None:
+        return build()
     path = resolve_model(name)
     dtype = model_args.dtype if model_args.dtype in ("auto", None) else getattr(torch, model_args.dtype)
     try:

@@ -120,12 +120,8 @@ def _build_in_subprocess(optimizer: str, settings: dict[str, Any]) -> None:
     subprocess.run(command, env=env, check=True)
 
 
-def _tiny_llama_path() -> Path:
-    return pretrained_tiny_model()
-
-
 TINY_LLAMA = ModelResolver(
-    "tiny-llama", path=_tiny_llama_path, tokenizer=TINY_LLAMA_DIR,
+    "tiny-llama", path=pretrained_tiny_model, tokenizer=TINY_LLAMA_DIR,
     description="the tiny byte-level Llama pretrained 300 steps with AdamW on the built-in general corpus",
 )
 

@@ -36,11 +36,13 @@ from typing import Any
 import yaml
 
 from hf_retain.config import RetentionConfig
+from hf_retain.constants import BUILTIN_PREFIX
 from hf_retain.data.loading import DATA_FILE_SUFFIXES, load_text_dataset
 from hf_retain.distributed import end_distributed
 from hf_retain.errors import RecipeError, RetentionError
 from hf_retain.evaluation.suite import check_suite_file
-from hf_retain.models import BUILTIN_PREFIX, load_model, load_tokenizer
+from hf_retain.hub import looks_like_path
+from hf_retain.models import load_model, load_tokenizer
 from hf_retain.trainer import build_trainer
 
 logger = logging.getLogger(__name__)
@@ -48,6 +50,8 @@ logger = logging.getLogger(__name__)
 __all__ = ["DataArguments", "Recipe", "check_recipe_files", "load_recipe", "main", "recipe_local_files", "run_recipe",
            "save_final_model"]
 
+# Suffixes of the local files a recipe may name: data files and suite YAMLs.
+_LOCAL_SUFFIXES = (*DATA_FILE_SUFFIXES, ".yaml", ".yml")
 MAX_RECIPE_BYTES = 1 << 20  # a recipe is a page of YAML; refuse anything larger than 1 MiB unread
 
 
@@ -209,12 +213,6 @@ def _check_columns(dataset: Any, training: Any, name: str) -> None:
         )
 
 
-def _looks_local(name: str) -> bool:
-    """Whether ``name`` is meant as a local path (hub ids are 'org/name' without a data-file suffix)."""
-    return (name.startswith((".", "/", "~")) or Path(name).suffix.lower() in DATA_FILE_SUFFIXES
-            or name.endswith((".yaml", ".yml")) or name.count("/") > 1)
-
-
 def recipe_local_files(recipe: Recipe) -> dict[str, str]:
     """``{recipe key: path}`` for every local file or folder the recipe names (hub ids and builtins excluded)."""
     data, retention, training = recipe.data, recipe.retention, recipe.training
@@ -232,7 +230,8 @@ def recipe_local_files(recipe: Recipe) -> dict[str, str]:
         for key in ("dataset_name", "eval_dataset_name"):
             named[f"tasks[{i}].{key}"] = task.get(key)
     return {key: value for key, value in named.items() if isinstance(value, str) and value
-            and not value.startswith(BUILTIN_PREFIX) and (_looks_local(value) or Path(value).expanduser().exists())}
+            and not value.startswith(BUILTIN_PREFIX)
+            and (looks_like_path(value, _LOCAL_SUFFIXES) or Path(value).expanduser().exists())}
 
 
 def check_recipe_files(recipe: Recipe) -> None:

@@ -23,6 +23,7 @@ LAYERS: dict[str, int] = {
     "hf_retain.distributed": 0,
     "hf_retain.assets": 0,
     "hf_retain.hub": 0,
+    "hf_retain.constants": 0,
     "hf_retain.state": 0,
     "hf_retain.config": 1,
     "hf_retain.data": 1,

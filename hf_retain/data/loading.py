@@ -13,13 +13,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hf_retain.constants import BUILTIN_PREFIX
 from hf_retain.data.corpora import builtin_corpora
 from hf_retain.errors import DatasetError
-from hf_retain.hub import hub_error
+from hf_retain.hub import hub_error, looks_like_path
 
 __all__ = ["BUILTIN_DATASETS", "DATA_FILE_SUFFIXES", "load_text_dataset"]
 
-BUILTIN_PREFIX = "builtin:"
 BUILTIN_DATASETS = ("general", "domain")
 _FILE_BUILDERS = {".txt": "text", ".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 DATA_FILE_SUFFIXES = tuple(sorted(_FILE_BUILDERS))
@@ -68,7 +68,7 @@ def load_text_dataset(name: str, split: str = "train", config: str | None = None
                 dataset = loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
             elif local.is_dir():
                 dataset = datasets.load_dataset(str(local), config, split=split)
-            elif name.startswith((".", "/", "~")) or local.suffix.lower() in _FILE_BUILDERS:
+            elif looks_like_path(name, _FILE_BUILDERS):
                 raise DatasetError(f"Dataset path {name} does not exist. Check the path (relative paths are resolved "
                                    f"from {Path.cwd()}).")
             else:

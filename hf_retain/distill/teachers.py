@@ -34,9 +34,10 @@ from typing import Any
 import torch
 from torch import nn
 
+from hf_retain.constants import BUILTIN_PREFIX
 from hf_retain.errors import ModelLoadError, TeacherError
 from hf_retain.hub import offline
-from hf_retain.models import BUILTIN_PREFIX, resolve_model
+from hf_retain.models import resolve_model
 
 logger = logging.getLogger(__name__)
 

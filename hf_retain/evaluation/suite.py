@@ -38,7 +38,8 @@ from typing import Any
 
 import yaml
 
-from hf_retain.data.loading import BUILTIN_PREFIX, DATA_FILE_SUFFIXES, load_text_dataset
+from hf_retain.constants import BUILTIN_PREFIX
+from hf_retain.data.loading import DATA_FILE_SUFFIXES, load_text_dataset
 from hf_retain.distributed import broadcast_object
 from hf_retain.errors import DatasetError, SuiteError
 from hf_retain.evaluation.evaluators import (
@@ -51,6 +52,7 @@ from hf_retain.evaluation.evaluators import (
 from hf_retain.evaluation.lm_eval import LMEvalEvaluator
 from hf_retain.evaluation.results import BenchmarkResult, SuiteResult
 from hf_retain.evaluation.sharding import reshard_fsdp2
+from hf_retain.hub import looks_like_path
 
 logger = logging.getLogger(__name__)
 
@@ -352,8 +354,7 @@ def _looks_local(name: str) -> bool:
     """Whether `load_text_dataset` reads ``name`` from disk (a hub id or a ``builtin:`` corpus is not local)."""
     if name.startswith(BUILTIN_PREFIX):
         return False
-    return (Path(name).expanduser().exists() or name.startswith((".", "/", "~"))
-            or Path(name).suffix.lower() in DATA_FILE_SUFFIXES)
+    return Path(name).expanduser().exists() or looks_like_path(name, DATA_FILE_SUFFIXES)
 
 
 def _load_rows(spec: _DataSpec, what: str) -> Any:

@@ -43,8 +43,9 @@ from huggingface_hub import ModelCard, ModelCardData, snapshot_download
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from hf_retain.constants import BUILTIN_PREFIX
 from hf_retain.errors import ModelLoadError
-from hf_retain.hub import hub_error, offline
+from hf_retain.hub import hub_error, looks_like_path, offline
 from hf_retain.lineage import lookup_pretraining_optimizer, write_lineage
 from hf_retain.merging.tensors import (
     DENSITY_METHODS,
@@ -54,7 +55,7 @@ from hf_retain.merging.tensors import (
     check_merge_parameters,
     merge_task_vectors,
 )
-from hf_retain.models import BUILTIN_PREFIX, resolve_model, resolve_tokenizer
+from hf_retain.models import resolve_model, resolve_tokenizer
 from hf_retain.state import read_json_state
 
 logger = logging.getLogger(__name__)
@@ -136,7 +137,7 @@ def _folder(ref: str) -> Path:
         if not local.is_dir():
             raise ModelLoadError(f"{ref} is a file; give the folder that holds the model (save_pretrained output).")
         return local
-    if ref.startswith((".", "/", "~")) or ref.count("/") > 1:
+    if looks_like_path(ref):
         raise ModelLoadError(f"Model folder {ref} does not exist. Check the path.")
     try:
         return Path(snapshot_download(ref, local_files_only=offline(),
